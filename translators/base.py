@@ -1,0 +1,87 @@
+"""The contract every dialect codec fulfils, and the errors codecs raise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from translators.ir import Event, Request, Response
+
+
+class TranslationError(ValueError):
+    """The client sent something the IR cannot represent; answered 400 naming `field`."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+@dataclass(slots=True)
+class EncoderOptions:
+    """What a client stream encoder needs to know up front."""
+
+    model: str
+    # OpenAI chat: stream_options.include_usage as the client asked.
+    include_usage: bool = False
+    # Claude message_start needs an input count before the upstream reports one.
+    input_tokens_estimate: int = 0
+    # Gemini client: "sse" for ?alt=sse, "json" for the JSON-array stream.
+    gemini_mode: str = "sse"
+    # Tool names the gateway renamed for the upstream (e.g. Kiro's 64-char cap): upstream -> client.
+    tool_name_map: dict[str, str] | None = None
+
+
+class StreamDecoder(Protocol):
+    """Upstream bytes -> IR events, incrementally: holds partial frames between calls."""
+
+    def feed(self, data: bytes) -> list[Event]: ...
+
+    def close(self) -> list[Event]:
+        """End of the upstream body. Emits a StreamError if the stream never finished."""
+        ...
+
+
+class StreamEncoder(Protocol):
+    """IR events -> client bytes, incrementally. Never raises; never needs the whole body."""
+
+    def feed(self, events: list[Event]) -> bytes: ...
+
+    def close(self) -> bytes:
+        """Terminate the stream grammatically if it is not terminated yet. Idempotent."""
+        ...
+
+
+class Codec(Protocol):
+    name: str
+    # Content type of this dialect's streamed responses.
+    stream_content_type: str
+
+    def parse_request(self, body: Any, *, model: str | None = None, stream: bool | None = None) -> Request:
+        """Client request -> IR. Raises TranslationError naming the offending field."""
+        ...
+
+    def render_request(self, req: Request, model: str) -> dict[str, Any]:
+        """IR -> this dialect's request body, for an upstream that speaks it."""
+        ...
+
+    def parse_response(self, body: Any) -> Response:
+        """Upstream unary response -> IR."""
+        ...
+
+    def render_response(self, resp: Response, model: str) -> Any:
+        """IR -> this dialect's unary response, for a client that speaks it."""
+        ...
+
+    def decoder(self) -> StreamDecoder: ...
+
+    def encoder(self, opts: EncoderOptions) -> StreamEncoder: ...
+
+    def error_body(self, status: int, message: str, code: str | None = None) -> dict[str, Any]:
+        """This dialect's error JSON for an HTTP status (dialects.md section 10)."""
+        ...
+
+    def error_message(self, body: bytes) -> str:
+        """The human message inside an upstream error body of this dialect (best effort)."""
+        ...
