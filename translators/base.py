@@ -31,6 +31,9 @@ class EncoderOptions:
     gemini_mode: str = "sse"
     # Tool names the gateway renamed for the upstream (e.g. Kiro's 64-char cap): upstream -> client.
     tool_name_map: dict[str, str] | None = None
+    # Fixed id / creation time (golden vectors); empty/0 = take the upstream's id / now.
+    response_id: str = ""
+    created: int = 0
 
 
 class StreamDecoder(Protocol):
@@ -57,6 +60,9 @@ class Codec(Protocol):
     name: str
     # Content type of this dialect's streamed responses.
     stream_content_type: str
+    # Whether an upstream of this dialect fetches http(s) image URLs itself; if not, the gateway
+    # downloads them and inlines the bytes before render_request.
+    accepts_image_urls: bool
 
     def parse_request(self, body: Any, *, model: str | None = None, stream: bool | None = None) -> Request:
         """Client request -> IR. Raises TranslationError naming the offending field."""
