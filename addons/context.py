@@ -1,0 +1,44 @@
+"""What the addons share: the loaded config and the per-flow metadata they pass along.
+
+State passes between addons only through `flow.metadata`, under the names defined here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.config import Config
+from translators import ir
+
+# flow.metadata keys
+ROUTE = "aiclient.route"
+CLIENT_KEY_ID = "aiclient.client_key_id"
+EXCHANGE = "aiclient.exchange"
+
+
+@dataclass(slots=True)
+class Gateway:
+    """The loaded configuration, shared by every addon of one gateway process."""
+
+    config: Config = field(default_factory=Config)
+    config_path: Path | None = None
+    client_keys: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Route:
+    """What the Router decided about a request; later addons only read it."""
+
+    dialect: str  # client dialect: openai_chat | openai_responses | claude | gemini
+    operation: str  # generate | count_tokens | models | model | health | preflight | telemetry
+    provider: str | None = None
+    model: str = ""  # as the client asked
+    upstream_model: str = ""
+    stream: bool = False
+    body: dict[str, Any] | None = None  # the client's JSON, parsed once
+    request: ir.Request | None = None  # the same, as IR
+    gemini_mode: str = "sse"  # Gemini client streams: "sse" (?alt=sse) or "json" (array)
+    path_model: str | None = None  # model named in a Gemini path or /v1/models/{id}
+    claude_shape: bool = False  # /v1/models asked by a Claude client

@@ -1,0 +1,203 @@
+"""Router: recognises the endpoint, parses the body once into the IR and picks the provider.
+
+Provider order: path prefix `/<provider-id>/...`, then the `Model-Provider` header, then the
+`models:` aliases (or `provider:model` in the model field), then `default_provider`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+
+from mitmproxy import http
+
+from addons import replies
+from addons.context import ROUTE, Gateway, Route
+from core.config import PROVIDER_IDS
+from translators import get_codec
+from translators.base import TranslationError
+
+logger = logging.getLogger(__name__)
+
+_GEMINI_PATH = re.compile(r"^/(?:v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|countTokens)$")
+_MODEL_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+)$")
+
+
+@dataclass(slots=True, frozen=True)
+class Endpoint:
+    dialect: str
+    operation: str
+    method: str
+    stream: bool | None = None  # None: the body's `stream` field decides
+    path_model: str | None = None
+    gemini_mode: str = "sse"
+
+
+_STATIC: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint("openai_chat", "generate", "POST"),
+    "/v1/responses": Endpoint("openai_responses", "generate", "POST"),
+    "/v1/messages": Endpoint("claude", "generate", "POST"),
+    "/v1/messages/count_tokens": Endpoint("claude", "count_tokens", "POST"),
+    "/v1/models": Endpoint("openai_chat", "models", "GET"),
+    "/v1beta/models": Endpoint("gemini", "models", "GET"),
+    "/health": Endpoint("openai_chat", "health", "GET"),
+    # Claude Code posts telemetry here; accepting it keeps its logs quiet.
+    "/api/event_logging/batch": Endpoint("claude", "telemetry", "POST"),
+}
+
+
+def strip_provider_prefix(path: str) -> str:
+    head, sep, rest = path.lstrip("/").partition("/")
+    if sep and head in PROVIDER_IDS:
+        return "/" + rest
+    return path
+
+
+def split_provider_prefix(path: str) -> tuple[str | None, str]:
+    head, sep, rest = path.lstrip("/").partition("/")
+    if sep and head in PROVIDER_IDS:
+        return head, "/" + rest
+    return None, path
+
+
+def dialect_for_path(path: str) -> str:
+    """The dialect a caller at this path understands, for error bodies."""
+    path = strip_provider_prefix(path.partition("?")[0])
+    if path.startswith("/v1/messages") or path.startswith("/api/event_logging"):
+        return "claude"
+    if path.startswith("/v1beta/") or _GEMINI_PATH.match(path):
+        return "gemini"
+    if path.startswith("/v1/responses"):
+        return "openai_responses"
+    return "openai_chat"
+
+
+def classify(method: str, path: str, query_alt: str | None) -> Endpoint | None:
+    endpoint = _STATIC.get(path)
+    if endpoint is not None:
+        return endpoint
+    m = _GEMINI_PATH.match(path)
+    if m:
+        model, op = m.groups()
+        if op == "countTokens":
+            return Endpoint("gemini", "count_tokens", "POST", False, model)
+        streaming = op == "streamGenerateContent"
+        mode = "sse" if query_alt == "sse" else "json"
+        return Endpoint("gemini", "generate", "POST", streaming, model, mode)
+    m = _MODEL_PATH.match(path)
+    if m:
+        version, model = m.groups()
+        return Endpoint("gemini" if version == "v1beta" else "openai_chat", "model", "GET", None, model)
+    return None
+
+
+class Router:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refuse an announced oversized body before it is read."""
+        if flow.response is not None:
+            return
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > int(self.gateway.config.limits.max_body):
+            flow.response = self._too_large(flow)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        try:
+            flow.response = self._route(flow)
+        except Exception:
+            logger.exception("aiclient-mitm: routing failed unexpectedly")
+            flow.response = replies.error_response(
+                dialect_for_path(flow.request.path), 500, "internal error while routing the request"
+            )
+
+    def _too_large(self, flow: http.HTTPFlow) -> http.Response:
+        limit = int(self.gateway.config.limits.max_body)
+        return replies.error_response(
+            dialect_for_path(flow.request.path),
+            413,
+            f"request body is larger than the gateway's limit of {limit} bytes (limits.max_body)",
+        )
+
+    def _route(self, flow: http.HTTPFlow) -> http.Response | None:
+        """Returns a local answer for bad requests; otherwise stores the Route and returns None."""
+        req = flow.request
+        raw_path = req.path.partition("?")[0]
+        prefix, path = split_provider_prefix(raw_path)
+        if req.method == "OPTIONS":
+            flow.metadata[ROUTE] = Route(dialect_for_path(path), "preflight")
+            return None
+        endpoint = classify(req.method, path, req.query.get("alt"))
+        dialect = endpoint.dialect if endpoint else dialect_for_path(path)
+        if endpoint is None:
+            return replies.error_response(dialect, 404, f"unknown endpoint: {req.method} {raw_path}")
+        if req.method != endpoint.method:
+            return replies.error_response(
+                dialect, 405, f"{req.method} is not allowed on {raw_path}; use {endpoint.method}"
+            )
+        route = Route(dialect, endpoint.operation, path_model=endpoint.path_model, gemini_mode=endpoint.gemini_mode)
+        if endpoint.operation in ("models", "model"):
+            route.provider = prefix
+            route.claude_shape = endpoint.dialect == "openai_chat" and (
+                "anthropic-version" in req.headers or req.headers.get("user-agent", "").startswith("claude-cli")
+            )
+            flow.metadata[ROUTE] = route
+            return None
+        if endpoint.method != "POST" or endpoint.operation == "telemetry":
+            flow.metadata[ROUTE] = route
+            return None
+
+        if len(req.raw_content or b"") > int(self.gateway.config.limits.max_body):
+            return self._too_large(flow)
+        try:
+            body = json.loads(req.content or b"")
+        except (ValueError, UnicodeDecodeError) as e:
+            return replies.error_response(dialect, 400, f"request body is not valid JSON: {e}")
+        if not isinstance(body, dict):
+            return replies.error_response(dialect, 400, "request body must be a JSON object")
+        codec = get_codec(dialect)
+        try:
+            ir_request = codec.parse_request(body, model=endpoint.path_model, stream=endpoint.stream)
+        except TranslationError as e:
+            return replies.error_response(dialect, e.status, str(e), code="invalid_request_error")
+        route.body = body
+        route.request = ir_request
+        route.stream = ir_request.stream
+        route.model = ir_request.model
+
+        if endpoint.operation == "generate":
+            problem = self._choose_provider(route, prefix, req.headers.get("model-provider"))
+            if problem:
+                return replies.error_response(dialect, 400, problem)
+        flow.metadata[ROUTE] = route
+        return None
+
+    def _choose_provider(self, route: Route, prefix: str | None, header: str | None) -> str | None:
+        """Fills route.provider and route.upstream_model, or returns why it cannot."""
+        config = self.gateway.config
+        configured = config.configured_providers()
+        model = route.model
+        provider = prefix or (header.strip() if header else None)
+        upstream_model = model
+        alias = config.models.get(model)
+        head, sep, tail = model.partition(":")
+        if alias is not None and provider in (None, alias.provider):
+            provider, upstream_model = alias.provider, alias.model
+        elif sep and head in PROVIDER_IDS and tail and provider in (None, head):
+            provider, upstream_model = head, tail
+        if provider is None:
+            provider = config.default_provider
+        listed = ", ".join(configured) or "none"
+        if provider is None:
+            return f"no provider for model {model!r}: set default_provider or a models alias (configured: {listed})"
+        if provider not in configured:
+            known = "unknown provider" if provider not in PROVIDER_IDS else "provider not configured"
+            return f"{known} {provider!r} (configured providers: {listed})"
+        route.provider = provider
+        route.upstream_model = upstream_model
+        return None

@@ -1,0 +1,1 @@
+"""Credentials, token lifecycle and account pools. Knows nothing about flows."""

@@ -1,0 +1,200 @@
+"""The gateway's configuration file: schema, loading and error messages.
+
+Validated with pydantic once at start; a bad file stops the start with the key path and the
+reason (`providers.openai-custom.base_url: not a URL`). `${VAR}` / `${VAR:-default}` in string
+values are replaced from the environment first, so secrets can stay out of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ProviderId = Literal[
+    "gemini-cli-oauth",
+    "claude-kiro-oauth",
+    "openai-qwen-oauth",
+    "openai-custom",
+    "claude-custom",
+    "openaiResponses-custom",
+]
+PROVIDER_IDS: tuple[str, ...] = ProviderId.__args__  # type: ignore[attr-defined]
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the user: `key.path: reason`."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are mistakes (a typo would otherwise be silently ignored).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    # 0 lets the OS pick a free port (tests); the log says which.
+    port: Annotated[int, Field(ge=0, le=65535)] = 3000
+
+
+class Account(_Strict):
+    """One upstream account. Which credential field applies depends on the provider."""
+
+    label: str | None = None
+    api_key: SecretStr | None = None
+    credentials: Path | None = None
+    credentials_base64: SecretStr | None = None
+    project_id: str | None = None
+    enabled: bool = True
+
+    def display_label(self, index: int) -> str:
+        """A name for logs and status pages -- never derived from the secret."""
+        if self.label:
+            return self.label
+        if self.credentials is not None:
+            return self.credentials.name
+        return f"account-{index + 1}"
+
+
+class Provider(_Strict):
+    enabled: bool = True
+    base_url: AnyHttpUrl | None = None
+    accounts: list[Account] = Field(default_factory=list)
+    # Models listed by /v1/models for this provider; requests for other models still pass through.
+    models: list[str] = Field(default_factory=list)
+    # claude-custom only: some relays want `Authorization: Bearer` instead of `x-api-key`.
+    auth_header: Literal["x-api-key", "bearer"] = "x-api-key"
+    # Seconds to wait for the upstream's TCP/TLS connect, and between bytes of a response.
+    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
+    read_timeout: Annotated[float, Field(gt=0)] = 300.0
+
+
+class ModelRoute(_Strict):
+    provider: ProviderId
+    model: str
+
+
+class Limits(_Strict):
+    # Largest request body accepted; larger ones get 413 in the caller's dialect.
+    max_body: ByteSize = ByteSize(20 * 1024 * 1024)
+
+
+class Images(_Strict):
+    # Download http(s) image URLs for upstreams that only take inline images (Gemini, Kiro).
+    fetch_remote: bool = True
+    max_bytes: ByteSize = ByteSize(10 * 1024 * 1024)
+    timeout: Annotated[float, Field(gt=0)] = 15.0
+
+
+class Config(_Strict):
+    listen: Listen = Field(default_factory=Listen)
+    # Client keys. Empty (and no AICLIENT_API_KEYS in the environment): a key is generated at first
+    # start and kept in `<config file>.client-key` beside the config.
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    default_provider: ProviderId | None = None
+    providers: dict[ProviderId, Provider] = Field(default_factory=dict)
+    # alias -> provider + upstream model, or "provider:model".
+    models: dict[str, ModelRoute] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    images: Images = Field(default_factory=Images)
+    # HTTP/2 toward clients. Off by default: every SDK speaks HTTP/1.1 and it is cheaper.
+    http2: bool = False
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for alias, target in value.items():
+                if isinstance(target, str):
+                    provider, sep, model = target.partition(":")
+                    if not sep or not model:
+                        raise ValueError(f"{alias}: expected 'provider:model' or {{provider, model}}, got {target!r}")
+                    target = {"provider": provider, "model": model}
+                out[alias] = target
+            return out
+        return value
+
+    @model_validator(mode="after")
+    def _default_provider_configured(self) -> Config:
+        if self.default_provider is not None and self.default_provider not in self.providers:
+            raise ValueError(
+                f"default_provider: {self.default_provider!r} is not under providers "
+                f"(configured: {', '.join(self.providers) or 'none'})"
+            )
+        return self
+
+    def configured_providers(self) -> list[str]:
+        return [pid for pid, p in self.providers.items() if p.enabled]
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+_FRIENDLY = {
+    "url_parsing": "not a URL",
+    "url_scheme": "not an http(s) URL",
+    "literal_error": None,
+    "extra_forbidden": "unknown key",
+    "missing": "required",
+}
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = _FRIENDLY.get(e["type"]) or e["msg"]
+        if e["type"] == "literal_error" and e["loc"] and e["loc"][0] == "providers":
+            msg = f"unknown provider id (known: {', '.join(PROVIDER_IDS)})"
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
+
+
+def parse_config(data: Any) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the file must hold a mapping of keys at the top level")
+    try:
+        return Config.model_validate(_expand_env(data))
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    return parse_config(data)

@@ -1,0 +1,15 @@
+"""Upstream providers: how the IR of a routed request becomes an HTTP request to a backend.
+
+Each adapter knows its upstream's dialect, URL, auth headers and default models; it does no I/O.
+"""
+
+from __future__ import annotations
+
+from providers.api_key import ClaudeCustom, OpenAICustom, OpenAIResponsesCustom
+from providers.base import ProviderAdapter, UpstreamRequest
+
+ADAPTERS: dict[str, ProviderAdapter] = {
+    a.id: a for a in (OpenAICustom(), ClaudeCustom(), OpenAIResponsesCustom())
+}
+
+__all__ = ["ADAPTERS", "ProviderAdapter", "UpstreamRequest"]

@@ -1,0 +1,87 @@
+"""Upstreams reached with a plain API key: OpenAI-compatible, Claude and OpenAI Responses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from core.config import Account, Provider
+from providers.base import UpstreamRequest
+
+
+def _base(provider: Provider, default: str) -> str:
+    return str(provider.base_url or default).rstrip("/")
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _common_headers(stream: bool) -> dict[str, str]:
+    return {
+        "content-type": "application/json",
+        "accept": "text/event-stream" if stream else "application/json",
+        # The gateway reads the bytes; compressed bodies would have to be inflated first.
+        "accept-encoding": "identity",
+    }
+
+
+class _ApiKeyAdapter:
+    id = ""
+    dialect = ""
+    default_base_url = ""
+    default_models: tuple[str, ...] = ()
+
+    def account_problem(self, account: Account) -> str | None:
+        if account.api_key is None or not account.api_key.get_secret_value():
+            return "api_key is empty (is its environment variable set?)"
+        return None
+
+
+class OpenAICustom(_ApiKeyAdapter):
+    id = "openai-custom"
+    dialect = "openai_chat"
+    default_base_url = "https://api.openai.com/v1"
+    default_models = ("gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini", "o4-mini")
+
+    def build(self, provider, account, body, *, stream, client_headers: Mapping[str, str]) -> UpstreamRequest:
+        headers = _common_headers(stream)
+        headers["authorization"] = f"Bearer {account.api_key.get_secret_value()}"
+        return UpstreamRequest(f"{_base(provider, self.default_base_url)}/chat/completions", headers, _encode(body))
+
+
+class OpenAIResponsesCustom(_ApiKeyAdapter):
+    id = "openaiResponses-custom"
+    dialect = "openai_responses"
+    default_base_url = "https://api.openai.com/v1"
+    default_models = ("gpt-4.1", "gpt-4.1-mini", "o4-mini", "gpt-5", "gpt-5-mini")
+
+    def build(self, provider, account, body, *, stream, client_headers: Mapping[str, str]) -> UpstreamRequest:
+        headers = _common_headers(stream)
+        headers["authorization"] = f"Bearer {account.api_key.get_secret_value()}"
+        return UpstreamRequest(f"{_base(provider, self.default_base_url)}/responses", headers, _encode(body))
+
+
+class ClaudeCustom(_ApiKeyAdapter):
+    id = "claude-custom"
+    dialect = "claude"
+    default_base_url = "https://api.anthropic.com"
+    default_models = ("claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5")
+    anthropic_version = "2023-06-01"
+
+    def build(self, provider, account, body, *, stream, client_headers: Mapping[str, str]) -> UpstreamRequest:
+        base = _base(provider, self.default_base_url)
+        # Accept a base URL with or without /v1 (a peer breaks on exactly this).
+        url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+        headers = _common_headers(stream)
+        key = account.api_key.get_secret_value()
+        if provider.auth_header == "bearer":
+            headers["authorization"] = f"Bearer {key}"
+        else:
+            headers["x-api-key"] = key
+        headers["anthropic-version"] = client_headers.get("anthropic-version") or self.anthropic_version
+        beta = client_headers.get("anthropic-beta")
+        if beta:
+            headers["anthropic-beta"] = beta
+        return UpstreamRequest(url, headers, _encode(body))
