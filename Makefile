@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONFIG ?= config.yaml
 
-.PHONY: install install-test run test lint bench clean
+.PHONY: install install-test run test lint clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,6 @@ test: install-test
 
 lint: install-test
 	$(VENV)/bin/ruff check .
-
-bench: install-test
-	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV)

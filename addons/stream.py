@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 class StreamTranscoder:
-    __slots__ = ("decoder", "encoder", "collector", "events_seen", "bytes_out", "finished", "label")
+    __slots__ = ("bytes_out", "collector", "decoder", "encoder", "events_seen", "finished", "label")
 
     def __init__(
         self,

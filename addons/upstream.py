@@ -23,7 +23,9 @@ from mitmproxy import http
 
 from addons import replies
 from addons.context import EXCHANGE, ROUTE, Gateway, Route
+from addons.images import inline_remote_images
 from addons.stream import StreamTranscoder
+from auth.credentials import CredentialError
 from auth.pool import AccountPool, NoUsableAccount, PoolAccount
 from core.config import Provider
 from providers import ADAPTERS, ProviderAdapter, UpstreamRequest
@@ -65,13 +67,17 @@ class Upstream:
             adapter = ADAPTERS.get(pid)
             if adapter is None:
                 continue
+            provider = self.gateway.config.providers[pid]
             members = []
-            for i, account in enumerate(self.gateway.config.providers[pid].accounts):
+            for i, account in enumerate(provider.accounts):
                 label = account.display_label(i)
-                problem = "disabled in config" if not account.enabled else adapter.account_problem(account)
-                if problem:
-                    logger.warning("aiclient-mitm: %s account %s is skipped: %s", pid, label, problem)
-                members.append(PoolAccount(label, account, problem))
+                try:
+                    if not account.enabled:
+                        raise CredentialError("disabled in config")
+                    members.append(PoolAccount(label, adapter.credential(provider, account)))
+                except CredentialError as e:
+                    logger.warning("aiclient-mitm: %s account %s is skipped: %s", pid, label, e)
+                    members.append(PoolAccount(label, None, str(e)))
             self.pools[pid] = AccountPool(pid, members)
 
     def client(self) -> httpx.AsyncClient:
@@ -115,11 +121,22 @@ class Upstream:
         provider_cfg = self.gateway.config.providers[route.provider]
         passthrough = adapter.dialect == route.dialect
         try:
+            if not passthrough and not get_codec(adapter.dialect).accepts_image_urls:
+                await inline_remote_images(route.request, self.gateway.config.images, self.client(), route.provider)
             body = self._upstream_body(route, adapter, passthrough)
         except TranslationError as e:
             return replies.error_response(route.dialect, e.status, str(e))
+        try:
+            auth = await member.credential.auth()
+        except CredentialError as e:
+            return replies.error_response(route.dialect, 503, f"account {member.label} of {route.provider}: {e}")
         up = adapter.build(
-            provider_cfg, member.account, body, stream=route.stream, client_headers=flow.request.headers
+            provider_cfg,
+            auth,
+            body,
+            model=route.upstream_model,
+            stream=route.stream,
+            client_headers=flow.request.headers,
         )
         exchange = Exchange(route.provider, member.label, adapter.dialect, up.url, passthrough)
         exchange.attempts.append(member.label)
@@ -185,7 +202,7 @@ class Upstream:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), cfg.connect_timeout)
             writer.close()
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             reason = "connect timed out" if isinstance(e, asyncio.TimeoutError) else str(e)
             logger.warning("aiclient-mitm: %s unreachable at %s:%d: %s", route.provider, host, port, reason)
             return replies.error_response(route.dialect, 502, f"upstream {route.provider} unreachable: {reason}")
@@ -197,7 +214,9 @@ class Upstream:
         req.path = url.path + (f"?{url.query}" if url.query else "")
         req.method = "POST"
         netloc = host if url.port is None else f"{host}:{url.port}"
-        req.headers = http.Headers([(b"host", netloc.encode())] + [(k.encode(), v.encode()) for k, v in up.headers.items()])
+        req.headers = http.Headers(
+            [(b"host", netloc.encode())] + [(k.encode(), v.encode()) for k, v in up.headers.items()]
+        )
         req.content = up.body
         flow.metadata[EXCHANGE].relayed = True
         return None

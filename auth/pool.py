@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from core.config import Account
+from auth.credentials import Credential
 
 
 @dataclass(slots=True)
 class PoolAccount:
     label: str
-    account: Account
+    credential: Credential | None
     # Why the account cannot serve, or None when it can.
     unusable: str | None = None
 
@@ -29,8 +29,8 @@ class AccountPool:
     def __init__(self, provider: str, accounts: list[PoolAccount]) -> None:
         self.provider = provider
         self.accounts = accounts
-        self._usable = [a for a in accounts if a.unusable is None]
-        self._cycle = itertools.cycle(self._usable) if self._usable else None
+        usable = [a for a in accounts if a.unusable is None]
+        self._cycle = itertools.cycle(usable) if usable else None
 
     def next(self) -> PoolAccount:
         if self._cycle is None:

@@ -98,6 +98,9 @@ class Images(_Strict):
     fetch_remote: bool = True
     max_bytes: ByteSize = ByteSize(10 * 1024 * 1024)
     timeout: Annotated[float, Field(gt=0)] = 15.0
+    # Loopback/private/link-local addresses are refused so a client cannot make the gateway probe
+    # its own network; switch on only where every client is trusted (tests, local setups).
+    allow_private_addresses: bool = False
 
 
 class Config(_Strict):

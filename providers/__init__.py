@@ -8,8 +8,6 @@ from __future__ import annotations
 from providers.api_key import ClaudeCustom, OpenAICustom, OpenAIResponsesCustom
 from providers.base import ProviderAdapter, UpstreamRequest
 
-ADAPTERS: dict[str, ProviderAdapter] = {
-    a.id: a for a in (OpenAICustom(), ClaudeCustom(), OpenAIResponsesCustom())
-}
+ADAPTERS: dict[str, ProviderAdapter] = {a.id: a for a in (OpenAICustom(), ClaudeCustom(), OpenAIResponsesCustom())}
 
 __all__ = ["ADAPTERS", "ProviderAdapter", "UpstreamRequest"]

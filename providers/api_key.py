@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from auth.credentials import AuthContext, Credential, StaticKey
 from core.config import Account, Provider
 from providers.base import UpstreamRequest
 
@@ -33,10 +34,8 @@ class _ApiKeyAdapter:
     default_base_url = ""
     default_models: tuple[str, ...] = ()
 
-    def account_problem(self, account: Account) -> str | None:
-        if account.api_key is None or not account.api_key.get_secret_value():
-            return "api_key is empty (is its environment variable set?)"
-        return None
+    def credential(self, provider: Provider, account: Account) -> Credential:
+        return StaticKey(account.api_key.get_secret_value() if account.api_key else "")
 
 
 class OpenAICustom(_ApiKeyAdapter):
@@ -45,9 +44,18 @@ class OpenAICustom(_ApiKeyAdapter):
     default_base_url = "https://api.openai.com/v1"
     default_models = ("gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini", "o4-mini")
 
-    def build(self, provider, account, body, *, stream, client_headers: Mapping[str, str]) -> UpstreamRequest:
+    def build(
+        self,
+        provider: Provider,
+        auth: AuthContext,
+        body: dict[str, Any],
+        *,
+        model: str,
+        stream: bool,
+        client_headers: Mapping[str, str],
+    ) -> UpstreamRequest:
         headers = _common_headers(stream)
-        headers["authorization"] = f"Bearer {account.api_key.get_secret_value()}"
+        headers["authorization"] = f"Bearer {auth.token}"
         return UpstreamRequest(f"{_base(provider, self.default_base_url)}/chat/completions", headers, _encode(body))
 
 
@@ -57,9 +65,18 @@ class OpenAIResponsesCustom(_ApiKeyAdapter):
     default_base_url = "https://api.openai.com/v1"
     default_models = ("gpt-4.1", "gpt-4.1-mini", "o4-mini", "gpt-5", "gpt-5-mini")
 
-    def build(self, provider, account, body, *, stream, client_headers: Mapping[str, str]) -> UpstreamRequest:
+    def build(
+        self,
+        provider: Provider,
+        auth: AuthContext,
+        body: dict[str, Any],
+        *,
+        model: str,
+        stream: bool,
+        client_headers: Mapping[str, str],
+    ) -> UpstreamRequest:
         headers = _common_headers(stream)
-        headers["authorization"] = f"Bearer {account.api_key.get_secret_value()}"
+        headers["authorization"] = f"Bearer {auth.token}"
         return UpstreamRequest(f"{_base(provider, self.default_base_url)}/responses", headers, _encode(body))
 
 
@@ -70,12 +87,21 @@ class ClaudeCustom(_ApiKeyAdapter):
     default_models = ("claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5")
     anthropic_version = "2023-06-01"
 
-    def build(self, provider, account, body, *, stream, client_headers: Mapping[str, str]) -> UpstreamRequest:
+    def build(
+        self,
+        provider: Provider,
+        auth: AuthContext,
+        body: dict[str, Any],
+        *,
+        model: str,
+        stream: bool,
+        client_headers: Mapping[str, str],
+    ) -> UpstreamRequest:
         base = _base(provider, self.default_base_url)
         # Accept a base URL with or without /v1 (a peer breaks on exactly this).
         url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
         headers = _common_headers(stream)
-        key = account.api_key.get_secret_value()
+        key = auth.token
         if provider.auth_header == "bearer":
             headers["authorization"] = f"Bearer {key}"
         else:

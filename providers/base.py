@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from auth.credentials import AuthContext, Credential
 from core.config import Account, Provider
 
 
@@ -23,18 +24,19 @@ class ProviderAdapter(Protocol):
     default_base_url: str
     default_models: tuple[str, ...]
 
-    def account_problem(self, account: Account) -> str | None:
-        """Why this account cannot be used (missing key, ...), or None."""
+    def credential(self, provider: Provider, account: Account) -> Credential:
+        """The account's credential; raises auth.credentials.CredentialError saying why it is unusable."""
         ...
 
     def build(
         self,
         provider: Provider,
-        account: Account,
+        auth: AuthContext,
         body: dict[str, Any],
         *,
+        model: str,
         stream: bool,
         client_headers: Mapping[str, str],
     ) -> UpstreamRequest:
-        """The upstream HTTP request for an already rendered body of the upstream's dialect."""
+        """The upstream HTTP request for a body already rendered in the upstream's dialect."""
         ...

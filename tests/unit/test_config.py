@@ -65,7 +65,9 @@ def test_model_shorthand_and_sizes():
 
 
 def test_secrets_do_not_show_in_repr():
-    config = parse_config({"api_keys": ["client-secret"], "providers": {"openai-custom": {"accounts": [{"api_key": "up"}]}}})
+    config = parse_config(
+        {"api_keys": ["client-secret"], "providers": {"openai-custom": {"accounts": [{"api_key": "up"}]}}}
+    )
     assert "client-secret" not in repr(config)
     assert "'up'" not in repr(config)
 

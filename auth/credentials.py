@@ -1,0 +1,48 @@
+"""What an upstream request needs from an account: a current token and its account facts.
+
+OAuth credentials implement the same protocol with refresh ahead of expiry (single-flight per
+account); an API key is the trivial case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class CredentialError(Exception):
+    """The account cannot be used (missing key, unreadable file, refused refresh); says why."""
+
+
+@dataclass(slots=True, frozen=True)
+class AuthContext:
+    token: str
+    # Account facts some upstreams need in the request: project_id, profile_arn, region, resource_url.
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Credential(Protocol):
+    async def auth(self) -> AuthContext:
+        """A token valid for the next request, refreshed first when it is near expiry."""
+        ...
+
+    async def force_refresh(self) -> AuthContext:
+        """After the upstream refused the token (401): refresh once, whatever the expiry says."""
+        ...
+
+
+class StaticKey:
+    """A plain API key: nothing to refresh."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, key: str) -> None:
+        if not key:
+            raise CredentialError("api_key is empty (is its environment variable set?)")
+        self._ctx = AuthContext(key)
+
+    async def auth(self) -> AuthContext:
+        return self._ctx
+
+    async def force_refresh(self) -> AuthContext:
+        return self._ctx
