@@ -161,8 +161,12 @@ class Router:
         if not isinstance(body, dict):
             return replies.error_response(dialect, 400, "request body must be a JSON object")
         codec = get_codec(dialect)
+        parse_body = body
+        if endpoint.operation == "count_tokens" and dialect == "claude":
+            # count_tokens takes a Messages body without max_tokens; the codec insists on it.
+            parse_body = {**body, "max_tokens": body.get("max_tokens") or 1}
         try:
-            ir_request = codec.parse_request(body, model=endpoint.path_model, stream=endpoint.stream)
+            ir_request = codec.parse_request(parse_body, model=endpoint.path_model, stream=endpoint.stream)
         except TranslationError as e:
             return replies.error_response(dialect, e.status, str(e), code="invalid_request_error")
         route.body = body

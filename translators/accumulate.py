@@ -63,7 +63,7 @@ class ResponseAccumulator:
                 last = self.parts[-1] if self.parts else None
                 if ev.redacted is not None:
                     self.parts.append(ThinkingPart("", redacted=ev.redacted, signature_origin=ev.origin))
-                elif type(last) is ThinkingPart and last.signature is None:
+                elif type(last) is ThinkingPart and last.signature is None and last.redacted is None:
                     last.signature = ev.signature
                     last.signature_origin = ev.origin
                 else:
