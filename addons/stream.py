@@ -1,9 +1,8 @@
-"""The stream callable mitmproxy runs for every upstream chunk of a translated stream.
+"""The stream callables mitmproxy runs for every upstream chunk of a relayed stream.
 
-It runs synchronously on mitmproxy's single event loop, so it only decodes the new bytes and
-encodes the resulting events. It must never raise (the client would hang) and never return b""
-mid-stream (that ends an HTTP/1.1 chunked body): a failure becomes the dialect's in-band error
-and a clean end of stream.
+They run synchronously on mitmproxy's single event loop, so they only handle the new bytes.
+They must never raise (the client would hang) and never return b"" mid-stream (that ends an
+HTTP/1.1 chunked body): a failure becomes the dialect's in-band error and a clean end.
 """
 
 from __future__ import annotations
@@ -13,28 +12,45 @@ import logging
 from translators.accumulate import ResponseAccumulator
 from translators.base import StreamDecoder, StreamEncoder
 from translators.ir import Event, StreamError
+from translators.sse import SseEventRelay
 
 logger = logging.getLogger(__name__)
 
 
-class StreamTranscoder:
-    __slots__ = ("bytes_out", "collector", "decoder", "encoder", "events_seen", "finished", "label")
+class _Observer:
+    """Shared by both callables: feeds decoded events to the collector and logs upstream errors."""
 
-    def __init__(
-        self,
-        decoder: StreamDecoder,
-        encoder: StreamEncoder | None,
-        collector: ResponseAccumulator | None = None,
-        label: str = "",
-    ) -> None:
-        self.decoder = decoder
-        # None: pass the upstream bytes through unchanged and only decode to observe them.
-        self.encoder = encoder
+    __slots__ = ("bytes_out", "collector", "events_seen", "finished", "label")
+
+    def __init__(self, collector: ResponseAccumulator | None, label: str) -> None:
         self.collector = collector
+        self.label = label
         self.events_seen = 0
         self.bytes_out = 0
         self.finished = False
-        self.label = label
+
+    def observe(self, events: list[Event]) -> None:
+        if not events:
+            return
+        self.events_seen += len(events)
+        if self.collector is not None:
+            self.collector.feed(events)
+        for ev in events:
+            if type(ev) is StreamError:
+                logger.warning("aiclient-mitm: upstream stream error (%s): %s", self.label, ev.message)
+
+
+class StreamTranscoder(_Observer):
+    """Cross-dialect: upstream bytes -> IR events -> client dialect bytes."""
+
+    __slots__ = ("decoder", "encoder")
+
+    def __init__(
+        self, decoder: StreamDecoder, encoder: StreamEncoder, collector: ResponseAccumulator | None, label: str
+    ) -> None:
+        super().__init__(collector, label)
+        self.decoder = decoder
+        self.encoder = encoder
 
     def __call__(self, data: bytes) -> bytes | list[bytes]:
         if self.finished:
@@ -42,12 +58,12 @@ class StreamTranscoder:
         try:
             if data:
                 events = self.decoder.feed(data)
-                out = self._emit(events, data)
+                self.observe(events)
+                out = self.encoder.feed(events) if events else b""
             else:
                 events = self.decoder.close()
-                out = self._emit(events, b"")
-                if self.encoder is not None:
-                    out += self.encoder.close()
+                self.observe(events)
+                out = self.encoder.feed(events) + self.encoder.close()
                 self.finished = True
         except Exception as e:  # the stream must end cleanly whatever happened
             logger.exception("aiclient-mitm: stream translation failed (%s)", self.label)
@@ -55,24 +71,45 @@ class StreamTranscoder:
         self.bytes_out += len(out)
         return out if out else []
 
-    def _emit(self, events: list[Event], raw: bytes) -> bytes:
-        if events:
-            self.events_seen += len(events)
-            if self.collector is not None:
-                self.collector.feed(events)
-            for ev in events:
-                if type(ev) is StreamError:
-                    logger.warning("aiclient-mitm: upstream stream error (%s): %s", self.label, ev.message)
-        if self.encoder is None:
-            return raw
-        return self.encoder.feed(events) if events else b""
-
     def _fail(self, message: str) -> bytes:
         self.finished = True
-        if self.encoder is None:
-            return b""
         try:
             return self.encoder.feed([StreamError(message, 502)]) + self.encoder.close()
         except Exception:
             logger.exception("aiclient-mitm: encoder failed while ending the stream (%s)", self.label)
             return b""
+
+
+class StreamRelay(_Observer):
+    """Same dialect: the upstream's SSE events go out as they are (minus empty data frames);
+    the decoder only observes them, and a decoder failure stops the observing, not the stream."""
+
+    __slots__ = ("decoder", "relay")
+
+    def __init__(self, decoder: StreamDecoder, collector: ResponseAccumulator | None, label: str) -> None:
+        super().__init__(collector, label)
+        self.decoder: StreamDecoder | None = decoder
+        self.relay = SseEventRelay()
+
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
+        if self.finished:
+            return []
+        try:
+            out = self.relay.feed(data) if data else self.relay.close()
+        except Exception:
+            logger.exception("aiclient-mitm: stream relay failed (%s)", self.label)
+            out, self.finished = b"", True
+        if not data:
+            self.finished = True
+        self._watch(data)
+        self.bytes_out += len(out)
+        return out if out else []
+
+    def _watch(self, data: bytes) -> None:
+        if self.decoder is None:
+            return
+        try:
+            self.observe(self.decoder.feed(data) if data else self.decoder.close())
+        except Exception:
+            logger.exception("aiclient-mitm: could not decode the relayed stream (%s)", self.label)
+            self.decoder = None

@@ -24,7 +24,7 @@ from mitmproxy import http
 from addons import replies
 from addons.context import EXCHANGE, ROUTE, Gateway, Route
 from addons.images import inline_remote_images
-from addons.stream import StreamTranscoder
+from addons.stream import StreamRelay, StreamTranscoder
 from auth.credentials import CredentialError
 from auth.pool import AccountPool, NoUsableAccount, PoolAccount
 from core.config import Provider
@@ -48,7 +48,7 @@ class Exchange:
     attempts: list[str] = field(default_factory=list)
     # True once the flow was re-targeted for mitmproxy to relay (streams).
     relayed: bool = False
-    transcoder: StreamTranscoder | None = None
+    transcoder: StreamTranscoder | StreamRelay | None = None
 
 
 class Upstream:
@@ -246,11 +246,11 @@ class Upstream:
         for k, v in replies.CORS_HEADERS.items():
             resp.headers[k] = v
 
-    def _transcoder(self, route: Route, exchange: Exchange) -> StreamTranscoder:
+    def _transcoder(self, route: Route, exchange: Exchange) -> StreamTranscoder | StreamRelay:
         decoder = get_codec(exchange.upstream_dialect).decoder()
         label = f"{route.dialect}<-{exchange.provider}/{exchange.account}"
         if exchange.passthrough:
-            return StreamTranscoder(decoder, None, ResponseAccumulator(), label)
+            return StreamRelay(decoder, ResponseAccumulator(), label)
         opts = EncoderOptions(
             model=route.model,
             include_usage=route.request.include_usage if route.request else False,

@@ -31,7 +31,7 @@ from translators.ir import (
 
 
 class ResponseAccumulator:
-    __slots__ = ("id", "model", "parts", "usage", "finish", "stop_sequence", "error", "_args", "_calls")
+    __slots__ = ("_args", "_calls", "error", "finish", "id", "model", "parts", "stop_sequence", "usage")
 
     def __init__(self) -> None:
         self.id = ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 # ---------------------------------------------------------------------------------------------
 # Content parts
@@ -62,7 +62,7 @@ class ThinkingPart:
     redacted: str | None = None
 
 
-Part = Union[TextPart, ImagePart, ToolCallPart, ToolResultPart, ThinkingPart]
+Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ThinkingPart
 
 Role = Literal["user", "assistant"]
 
@@ -147,7 +147,7 @@ class Request:
 # Response
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     STOP = "stop"
     STOP_SEQUENCE = "stop_sequence"
     LENGTH = "length"
@@ -266,15 +266,15 @@ class StreamError:
     status: int = 500
 
 
-Event = Union[
-    MessageStart,
-    TextDelta,
-    ThinkingDelta,
-    ThinkingSignature,
-    ToolCallStart,
-    ToolCallArgsDelta,
-    ToolCallEnd,
-    UsageUpdate,
-    Finish,
-    StreamError,
-]
+Event = (
+    MessageStart
+    | TextDelta
+    | ThinkingDelta
+    | ThinkingSignature
+    | ToolCallStart
+    | ToolCallArgsDelta
+    | ToolCallEnd
+    | UsageUpdate
+    | Finish
+    | StreamError
+)

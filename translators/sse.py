@@ -12,7 +12,7 @@ from typing import Any
 
 
 class SseParser:
-    __slots__ = ("_buf", "_event", "_data")
+    __slots__ = ("_buf", "_data", "_event")
 
     def __init__(self) -> None:
         self._buf = b""
@@ -83,3 +83,48 @@ def data_event(obj: Any) -> str:
 
 def named_event(name: str, obj: Any) -> str:
     return f"event: {name}\ndata: {dumps(obj)}\n\n"
+
+
+_EMPTY_DATA_LINES = frozenset({b"", b"data:", b"data: "})
+
+
+class SseEventRelay:
+    """Forwards whole SSE events byte for byte and drops those whose data is empty.
+
+    Same-dialect streams pass through unchanged except for this: some upstreams send empty
+    `data:` frames, and OpenAI SDKs crash on them. Holding back a partial event until its blank
+    line also means clients only ever receive whole events.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._buf + chunk if self._buf else chunk
+        out: list[bytes] = []
+        start = 0
+        while True:
+            lf = buf.find(b"\n\n", start)
+            crlf = buf.find(b"\r\n\r\n", start)
+            if lf < 0 and crlf < 0:
+                break
+            if crlf >= 0 and (lf < 0 or crlf < lf):
+                end = crlf + 4
+            else:
+                end = lf + 2
+            event = buf[start:end]
+            if not self._empty(event):
+                out.append(event)
+            start = end
+        self._buf = buf[start:]
+        return b"".join(out) if len(out) != 1 else out[0]
+
+    def close(self) -> bytes:
+        rest, self._buf = self._buf, b""
+        return b"" if self._empty(rest) else rest
+
+    @staticmethod
+    def _empty(event: bytes) -> bool:
+        return all(line.rstrip(b"\r") in _EMPTY_DATA_LINES for line in event.split(b"\n"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import anthropic
 import httpx
@@ -73,25 +74,48 @@ def test_responses_sdk_via_provider_prefix(gateway, fakes):
 
 
 def test_stream_relays_chunk_by_chunk(gateway, fakes):
-    """The first event reaches the client before the upstream has finished the stream."""
-    fakes.openai.write_delay = 0.3
+    """The first event reaches the client long before the upstream has finished the stream.
+
+    The fake writes 60+ events 0.2 s apart (12 s in all); a buffering gateway would deliver the
+    first one only at the end. The test stops reading after the first few events.
+    """
+    fakes.openai.write_delay = 0.2
     try:
+        start = time.monotonic()
         with httpx.stream(
             "POST",
             f"{gateway.url}/v1/chat/completions",
             headers=AUTH,
-            json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "long story"}]},
+            json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "a long story"}]},
             timeout=30,
         ) as r:
             assert r.status_code == 200
-            lines = r.iter_lines()
-            first = next(line for line in lines if line.startswith("data:"))
-            assert fakes.openai.streams_in_progress == 1
-            assert json.loads(first[5:])["choices"][0]["delta"]["role"] == "assistant"
-            rest = list(lines)
-        assert rest[-1] == "data: [DONE]" or "data: [DONE]" in rest
+            events = []
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                if len(events) == 3:
+                    break
+        assert time.monotonic() - start < 5
+        assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert len({e["id"] for e in events}) == 1
     finally:
         fakes.openai.write_delay = 0.0
+
+
+def test_passthrough_stream_drops_empty_data_frames(gateway, fakes):
+    """The fake sends an empty `data:` frame mid-stream; the OpenAI SDK would crash on it."""
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        headers=AUTH,
+        json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    ) as r:
+        body = r.read().decode()
+    events = [e for e in body.replace("\r\n", "\n").split("\n\n") if e.strip()]
+    assert events and all(e.strip() not in ("data:", "data: ") for e in events)
+    assert events[-1].strip() == "data: [DONE]"
 
 
 # -- routing --------------------------------------------------------------------------------
