@@ -24,7 +24,7 @@ class TextPart:
 
 @dataclass(slots=True)
 class ImagePart:
-    """An image, either inline (base64 `data` + `media_type`) or by `url`."""
+    """An image, either inline (standard-alphabet base64 `data` + `media_type`) or by `url`."""
 
     media_type: str | None = None
     data: str | None = None
