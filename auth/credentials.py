@@ -22,6 +22,9 @@ class AuthContext:
 
 
 class Credential(Protocol):
+    # Whether force_refresh can produce a different token (OAuth) -- a 401 is retried only then.
+    refreshable: bool
+
     async def auth(self) -> AuthContext:
         """A token valid for the next request, refreshed first when it is near expiry."""
         ...
@@ -35,6 +38,7 @@ class StaticKey:
     """A plain API key: nothing to refresh."""
 
     __slots__ = ("_ctx",)
+    refreshable = False
 
     def __init__(self, key: str) -> None:
         if not key:

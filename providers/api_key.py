@@ -9,6 +9,7 @@ from typing import Any
 from auth.credentials import AuthContext, Credential, StaticKey
 from core.config import Account, Provider
 from providers.base import UpstreamRequest
+from translators import ir
 
 
 def _base(provider: Provider, default: str) -> str:
@@ -33,6 +34,7 @@ class _ApiKeyAdapter:
     dialect = ""
     default_base_url = ""
     default_models: tuple[str, ...] = ()
+    accepts_image_urls = True
 
     def credential(self, provider: Provider, account: Account) -> Credential:
         return StaticKey(account.api_key.get_secret_value() if account.api_key else "")
@@ -50,6 +52,7 @@ class OpenAICustom(_ApiKeyAdapter):
         auth: AuthContext,
         body: dict[str, Any],
         *,
+        request: ir.Request,
         model: str,
         stream: bool,
         client_headers: Mapping[str, str],
@@ -71,6 +74,7 @@ class OpenAIResponsesCustom(_ApiKeyAdapter):
         auth: AuthContext,
         body: dict[str, Any],
         *,
+        request: ir.Request,
         model: str,
         stream: bool,
         client_headers: Mapping[str, str],
@@ -93,6 +97,7 @@ class ClaudeCustom(_ApiKeyAdapter):
         auth: AuthContext,
         body: dict[str, Any],
         *,
+        request: ir.Request,
         model: str,
         stream: bool,
         client_headers: Mapping[str, str],
