@@ -33,6 +33,10 @@ class Credential(Protocol):
         """After the upstream refused the token (401): refresh once, whatever the expiry says."""
         ...
 
+    async def describe(self) -> str:
+        """One line for `python -m auth status` (expiry, project, health); never a secret."""
+        ...
+
 
 class StaticKey:
     """A plain API key: nothing to refresh."""
@@ -50,3 +54,6 @@ class StaticKey:
 
     async def force_refresh(self) -> AuthContext:
         return self._ctx
+
+    async def describe(self) -> str:
+        return f"api key ...{self._ctx.token[-4:]}" if len(self._ctx.token) > 8 else "api key set"
