@@ -9,11 +9,6 @@ from auth.credentials import CredentialError
 from core.config import ConfigError, load_config
 from providers import ADAPTERS
 
-
-def mask(secret: str) -> str:
-    return f"...{secret[-4:]}" if len(secret) > 8 else "****"
-
-
 async def _rows(config_path: Path) -> list[tuple[str, str, str]]:
     config = load_config(config_path)
     rows = []
@@ -38,7 +33,6 @@ async def _rows(config_path: Path) -> list[tuple[str, str, str]]:
                 state = f"unusable: {e}"
             rows.append((pid, label, state))
     return rows
-
 
 def print_status(config_path: Path) -> int:
     try:

@@ -81,6 +81,19 @@ class Provider(_Strict):
     # Seconds to wait for the upstream's TCP/TLS connect, and between bytes of a response.
     connect_timeout: Annotated[float, Field(gt=0)] = 10.0
     read_timeout: Annotated[float, Field(gt=0)] = 300.0
+    # OAuth providers: where tokens are refreshed (None = the provider's documented default;
+    # Kiro URLs may contain {region}), and how long before expiry a token is refreshed.
+    token_url: AnyHttpUrl | None = None
+    refresh_url: str | None = None
+    refresh_idc_url: str | None = None
+    refresh_ahead: Annotated[float, Field(ge=0)] = 900.0
+    # Client model name -> upstream model id (Kiro), on top of the provider's defaults.
+    model_map: dict[str, str] = Field(default_factory=dict)
+    # Local request limits per account, enforced before sending (Qwen's free tier).
+    requests_per_minute: Annotated[int, Field(gt=0)] | None = None
+    requests_per_day: Annotated[int, Field(gt=0)] | None = None
+    # Provider-specific opt-in switches; each provider validates its own (see README).
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelRoute(_Strict):
@@ -116,6 +129,8 @@ class Config(_Strict):
     images: Images = Field(default_factory=Images)
     # HTTP/2 toward clients. Off by default: every SDK speaks HTTP/1.1 and it is cheaper.
     http2: bool = False
+    # Pool state, discovered projects and usage counters; relative to the config file's folder.
+    state_dir: Path = Path("state")
 
     @field_validator("models", mode="before")
     @classmethod
