@@ -9,6 +9,7 @@ from auth.credentials import CredentialError
 from core.config import ConfigError, load_config
 from providers import ADAPTERS
 
+
 async def _rows(config_path: Path) -> list[tuple[str, str, str]]:
     config = load_config(config_path)
     rows = []
@@ -33,6 +34,7 @@ async def _rows(config_path: Path) -> list[tuple[str, str, str]]:
                 state = f"unusable: {e}"
             rows.append((pid, label, state))
     return rows
+
 
 def print_status(config_path: Path) -> int:
     try:
