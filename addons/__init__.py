@@ -7,6 +7,7 @@ from addons.config_loader import ConfigLoader
 from addons.context import Gateway
 from addons.local_api import LocalApi
 from addons.router import Router
+from addons.unanswered import Unanswered
 from addons.upstream import Upstream
 
 
@@ -19,4 +20,5 @@ def chain() -> list[object]:
         Router(gateway),
         LocalApi(gateway),
         Upstream(gateway),
+        Unanswered(),
     ]

@@ -43,6 +43,9 @@ _STATIC: dict[str, Endpoint] = {
     "/v1/models": Endpoint("openai_chat", "models", "GET"),
     "/v1beta/models": Endpoint("gemini", "models", "GET"),
     "/health": Endpoint("openai_chat", "health", "GET"),
+    # Account pools and usage counters (client key required).
+    "/pool": Endpoint("openai_chat", "pool", "GET"),
+    "/usage": Endpoint("openai_chat", "usage", "GET"),
     # Claude Code posts telemetry here; accepting it keeps its logs quiet.
     "/api/event_logging/batch": Endpoint("claude", "telemetry", "POST"),
 }

@@ -24,6 +24,9 @@ class AuthContext:
 class Credential(Protocol):
     # Whether force_refresh can produce a different token (OAuth) -- a 401 is retried only then.
     refreshable: bool
+    # Epoch seconds when the current access token expires (None: never / unknown). The pool's
+    # background refresher calls auth() for tokens close to it, idle accounts included.
+    expires_at: float | None
 
     async def auth(self) -> AuthContext:
         """A token valid for the next request, refreshed first when it is near expiry."""
@@ -43,6 +46,7 @@ class StaticKey:
 
     __slots__ = ("_ctx",)
     refreshable = False
+    expires_at = None
 
     def __init__(self, key: str) -> None:
         if not key:

@@ -8,8 +8,9 @@ from typing import Any
 
 from auth.credentials import AuthContext, Credential, StaticKey
 from core.config import Account, Provider
-from providers.base import UpstreamRequest
+from providers.base import UpstreamFailure, UpstreamRequest, classify_http_error
 from translators import ir
+from translators.errors import extract_message
 
 
 def _base(provider: Provider, default: str) -> str:
@@ -38,6 +39,9 @@ class _ApiKeyAdapter:
 
     def credential(self, provider: Provider, account: Account) -> Credential:
         return StaticKey(account.api_key.get_secret_value() if account.api_key else "")
+
+    def classify_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamFailure:
+        return classify_http_error(status, extract_message(body), headers)
 
 
 class OpenAICustom(_ApiKeyAdapter):

@@ -53,3 +53,51 @@ class ProviderAdapter(Protocol):
         client's own body when the dialects match); adapters that render differently (Kiro) use
         `request`, the IR."""
         ...
+
+    def classify_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamFailure:
+        """What an upstream error status + body means (rate limit with its delay, quota, auth...)."""
+        ...
+
+
+@dataclass(slots=True)
+class UpstreamFailure:
+    """What an upstream error means for the account that got it (the pool turns it into state).
+
+    kind: rate_limited | quota_exhausted | auth | forbidden | suspended | bad_request |
+    context_too_long | not_found | transient.
+    """
+
+    kind: str
+    message: str
+    # Seconds to wait before this account is tried again, when the upstream said so.
+    retry_after: float | None = None
+    # Epoch seconds when an exhausted quota resets, when known.
+    until: float | None = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` in seconds (the HTTP-date form is rare for APIs and read as unknown)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def classify_http_error(status: int, message: str, headers: Mapping[str, str]) -> UpstreamFailure:
+    """The generic reading of an upstream error status; providers refine it from their bodies."""
+    retry_after = parse_retry_after(headers.get("retry-after"))
+    if status == 429:
+        return UpstreamFailure("rate_limited", message, retry_after)
+    if status == 402:
+        return UpstreamFailure("quota_exhausted", message, retry_after)
+    if status == 401:
+        return UpstreamFailure("auth", message)
+    if status == 403:
+        return UpstreamFailure("forbidden", message)
+    if status == 404:
+        return UpstreamFailure("not_found", message)
+    if status in (400, 413, 422):
+        return UpstreamFailure("bad_request", message)
+    return UpstreamFailure("transient", message, retry_after)

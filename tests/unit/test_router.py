@@ -10,6 +10,7 @@ from mitmproxy.test import taddons, tflow
 
 from addons.context import ROUTE, Gateway
 from addons.router import Router, classify, dialect_for_path
+from addons.unanswered import Unanswered
 from core.config import parse_config
 
 
@@ -120,3 +121,14 @@ def test_wrong_method_is_405():
     with taddons.context(router):
         router.request(flow)
     assert flow.response.status_code == 405
+
+
+def test_unanswered_flow_fails_closed_in_dialect():
+    """A routed flow nobody answered must not reach the reverse-proxy placeholder."""
+    flow = tflow.tflow()
+    flow.request = http.Request.make("GET", "http://127.0.0.1:1/v1/messages/whatever")
+    addon = Unanswered()
+    with taddons.context(addon):
+        addon.request(flow)
+    assert flow.response.status_code == 404
+    assert json.loads(flow.response.content)["type"] == "error"
