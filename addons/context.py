@@ -42,3 +42,6 @@ class Route:
     gemini_mode: str = "sse"  # Gemini client streams: "sse" (?alt=sse) or "json" (array)
     path_model: str | None = None  # model named in a Gemini path or /v1/models/{id}
     claude_shape: bool = False  # /v1/models asked by a Claude client
+    # Set by addons that change the IR (system prompt): the client's body can no longer be sent
+    # as it is, even to an upstream of the same dialect.
+    ir_modified: bool = False

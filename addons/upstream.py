@@ -129,7 +129,7 @@ class Upstream:
             member = self.pools[route.provider].next()
         except NoUsableAccount as e:
             return replies.error_response(route.dialect, 503, str(e))
-        passthrough = adapter.dialect == route.dialect
+        passthrough = adapter.dialect == route.dialect and not route.ir_modified
         try:
             if not passthrough and not adapter.accepts_image_urls:
                 await inline_remote_images(route.request, self.gateway.config.images, self.client(), route.provider)
