@@ -5,7 +5,9 @@ from __future__ import annotations
 from addons.client_auth import ClientAuth
 from addons.config_loader import ConfigLoader
 from addons.context import Gateway
+from addons.kiro_view import KiroView
 from addons.local_api import LocalApi
+from addons.pools import Pools
 from addons.router import Router
 from addons.unanswered import Unanswered
 from addons.upstream import Upstream
@@ -19,6 +21,8 @@ def chain() -> list[object]:
         ClientAuth(gateway),
         Router(gateway),
         LocalApi(gateway),
+        Pools(gateway),
         Upstream(gateway),
         Unanswered(),
+        KiroView(),
     ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auth.pool import AccountPool
 from core.config import Config
 from translators import ir
 
@@ -25,6 +26,8 @@ class Gateway:
     config: Config = field(default_factory=Config)
     config_path: Path | None = None
     client_keys: list[bytes] = field(default_factory=list)
+    # provider id -> its account pool (built by the Pools addon)
+    pools: dict[str, AccountPool] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

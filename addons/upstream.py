@@ -1,14 +1,17 @@
-"""Upstream: takes an account, renders the request for the provider and gets the answer.
+"""Upstream: takes an account, renders the request for the provider and gets the answer --
+from another account or a fallback provider/model when one fails before any byte reached
+the client.
 
 Two paths, chosen by what mitmproxy can and cannot do:
 - unary requests are sent with the gateway's own pooled httpx client from the `request` hook;
   that keeps keep-alive connections across clients and lets every failure (connect errors
-  included) be answered in the caller's dialect;
+  included) be retried elsewhere or answered in the caller's dialect;
 - streamed requests are re-targeted so mitmproxy relays the upstream body chunk by chunk
   through a stream callable installed at `responseheaders`. mitmproxy answers a failed connect
   with its own HTML page, so the upstream is first reached with a TCP probe. An error status
-  before the body (e.g. a 401) is answered from the `response` hook: after a token refresh the
-  request is sent again with httpx and the whole answer is translated as one buffered stream.
+  before the body is answered from the `response` hook: the request is sent again (after a
+  token refresh, or to the next account) with httpx and the whole answer is translated as one
+  buffered stream in the client's dialect.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,69 +32,81 @@ from addons.context import EXCHANGE, ROUTE, Gateway, Route
 from addons.images import inline_remote_images
 from addons.stream import StreamRelay, StreamTranscoder
 from auth.credentials import AuthContext, CredentialError
-from auth.pool import AccountPool, NoUsableAccount, PoolAccount
+from auth.pool import AccountPool, AllCoolingDown, NoUsableAccount, PoolAccount
+from auth.rate_limit import request_limits
 from core.config import Provider
 from providers import ADAPTERS, ProviderAdapter, UpstreamRequest
+from providers.base import UpstreamFailure
 from translators import errors, get_codec, ir
 from translators.accumulate import ResponseAccumulator
 from translators.base import EncoderOptions, StreamDecoder, TranslationError
 
 logger = logging.getLogger(__name__)
 
+# Failures that are the request's fault: another account would fail the same way.
+NO_FAILOVER = frozenset({"bad_request", "context_too_long", "not_found"})
+
 
 @dataclass(slots=True)
 class Exchange:
-    """One request's trip upstream, kept in flow.metadata for later hooks and addons."""
+    """One upstream attempt of a request, kept in flow.metadata for later hooks and addons."""
 
     provider: str
+    model: str  # upstream model of this attempt
     adapter: ProviderAdapter
     config: Provider
+    pool: AccountPool
     member: PoolAccount
     body: dict[str, Any]  # rendered for the upstream (or the client's own, when passthrough)
     passthrough: bool
-    request: UpstreamRequest | None = None
-    # "label status" per attempt, e.g. ["acct-a 401", "acct-a 200"].
+    # "provider/label status" of every attempt of the request so far, e.g. ["oa/a 429", "oa/b 200"].
     attempts: list[str] = field(default_factory=list)
+    request: UpstreamRequest | None = None
     refreshed: bool = False
+    released: bool = False
     # True once the flow was re-targeted for mitmproxy to relay (streams).
     relayed: bool = False
     transcoder: StreamTranscoder | StreamRelay | None = None
     # The answer as IR, for unary and buffered answers (streams keep it in the transcoder).
     response: ir.Response | None = None
+    # An error the upstream sent inside a stream that was read whole.
+    stream_error: ir.StreamError | None = None
 
     @property
     def account(self) -> str:
         return self.member.label
 
+    def note(self, outcome: str) -> None:
+        self.attempts.append(f"{self.provider}/{self.account} {outcome}")
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.pool.release(self.member)
+
+
+class _SkipAccount(Exception):
+    """The picked account cannot be used (its credential failed); try the next one."""
+
+    def __init__(self, answer: http.Response) -> None:
+        super().__init__("account skipped")
+        self.answer = answer
+
+
+class _Unavailable:
+    """No candidate can serve now: why, and when the first one frees up."""
+
+    __slots__ = ("reasons", "retry_after")
+
+    def __init__(self) -> None:
+        self.retry_after: float | None = None
+        self.reasons: list[str] = []
+
 
 class Upstream:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.pools: dict[str, AccountPool] = {}
         self._client: httpx.AsyncClient | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def configure(self, updated: set[str]) -> None:
-        if "config" not in updated:
-            return
-        self.pools = {}
-        for pid in self.gateway.config.configured_providers():
-            adapter = ADAPTERS.get(pid)
-            if adapter is None:
-                continue
-            provider = self.gateway.config.providers[pid]
-            members = []
-            for i, account in enumerate(provider.accounts):
-                label = account.display_label(i)
-                try:
-                    if not account.enabled:
-                        raise CredentialError("disabled in config")
-                    members.append(PoolAccount(label, adapter.credential(provider, account)))
-                except CredentialError as e:
-                    logger.warning("aiclient-mitm: %s account %s is skipped: %s", pid, label, e)
-                    members.append(PoolAccount(label, None, str(e)))
-            self.pools[pid] = AccountPool(pid, members)
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -115,50 +131,142 @@ class Upstream:
         if route is None or route.operation != "generate":
             return
         try:
-            flow.response = await self._dispatch(flow, route)
+            flow.response = await self._serve(flow, route, relay=route.stream)
         except Exception:
             logger.exception("aiclient-mitm: upstream dispatch failed unexpectedly")
             flow.response = replies.error_response(route.dialect, 500, "internal error while calling the upstream")
 
-    async def _dispatch(self, flow: http.HTTPFlow, route: Route) -> http.Response | None:
-        assert route.provider is not None and route.request is not None and route.body is not None
-        adapter = ADAPTERS.get(route.provider)
-        if adapter is None:
-            return replies.error_response(route.dialect, 501, f"provider {route.provider} is not implemented yet")
-        try:
-            member = self.pools[route.provider].next()
-        except NoUsableAccount as e:
-            return replies.error_response(route.dialect, 503, str(e))
+    def _candidates(self, route: Route) -> list[tuple[str, str]]:
+        """(provider, upstream model): the routed one, then fallback providers, then fallback models."""
+        assert route.provider is not None
+        fallback = self.gateway.config.fallback
+        out = [(route.provider, route.upstream_model)]
+        out += [(p, route.upstream_model) for p in fallback.providers.get(route.provider, [])]
+        for target in fallback.models.get(route.model, []) or fallback.models.get(route.upstream_model, []):
+            provider, _, model = target.partition(":")
+            out.append((provider, model))
+        configured = set(self.gateway.config.configured_providers())
+        seen: set[tuple[str, str]] = set()
+        return [c for c in out if c[0] in configured and c[0] in ADAPTERS and not (c in seen or seen.add(c))]
+
+    def _pick(self, route: Route, tried: set[tuple[str, str]]) -> tuple[str, str, PoolAccount] | _Unavailable:
+        unavailable = _Unavailable()
+        for provider, model in self._candidates(route):
+            pool = self.gateway.pools.get(provider)
+            if pool is None:
+                continue
+            exclude = {label for p, label in tried if p == provider}
+            try:
+                return provider, model, pool.acquire(model, exclude)
+            except AllCoolingDown as e:
+                current = unavailable.retry_after
+                unavailable.retry_after = e.retry_after if current is None else min(current, e.retry_after)
+                unavailable.reasons.append(str(e))
+            except NoUsableAccount as e:
+                unavailable.reasons.append(str(e))
+        return unavailable
+
+    async def _serve(
+        self,
+        flow: http.HTTPFlow,
+        route: Route,
+        *,
+        relay: bool,
+        tried: set[tuple[str, str]] | None = None,
+        last: http.Response | None = None,
+        attempts: list[str] | None = None,
+    ) -> http.Response | None:
+        """Tries accounts and fallbacks until one answers. Returns the answer, or None when the flow
+        was re-targeted for mitmproxy to relay."""
+        retry = self.gateway.config.retry
+        tried = tried if tried is not None else set()
+        attempts = attempts if attempts is not None else []
+        waited = 0.0
+        for round_no in range(retry.max_attempts):
+            pick = self._pick(route, tried)
+            if isinstance(pick, _Unavailable):
+                wait = pick.retry_after
+                if wait is None or waited + wait > retry.max_wait or round_no == retry.max_attempts - 1:
+                    return last or self._unavailable(route, pick)
+                # Every account is cooling but one frees up soon: wait for it (with jitter).
+                pause = wait + random.uniform(0, retry.backoff_base * 2**round_no) * 0.1
+                waited += pause
+                await asyncio.sleep(pause)
+                continue
+            provider, model, member = pick
+            try:
+                exchange, problem = await self._prepare(flow, route, provider, model, member, attempts)
+            except _SkipAccount as skip:
+                tried.add((provider, member.label))
+                last = skip.answer
+                continue
+            if problem is not None:
+                return problem
+            if relay:
+                answer = await self._relay(flow, route, exchange)
+                if answer is None:
+                    return None
+            else:
+                answer, failure = await self._attempt(flow, route, exchange)
+                exchange.release()
+                if failure is None:
+                    exchange.pool.report_success(member, model)
+                    return answer
+                self._report(exchange, failure)
+                if failure.kind in NO_FAILOVER:
+                    return answer
+            tried.add((provider, member.label))
+            last = answer
+        return last
+
+    async def _prepare(
+        self, flow: http.HTTPFlow, route: Route, provider: str, model: str, member: PoolAccount, attempts: list[str]
+    ) -> tuple[Exchange, http.Response | None]:
+        """The attempt's Exchange with its rendered request, or a local answer that ends the request."""
+        adapter = ADAPTERS[provider]
+        pool = self.gateway.pools[provider]
         passthrough = adapter.dialect == route.dialect and not route.ir_modified
+        exchange = Exchange(
+            provider, model, adapter, self.gateway.config.providers[provider], pool, member, {}, passthrough
+        )
+        exchange.attempts = attempts
+        flow.metadata[EXCHANGE] = exchange
+        limited = request_limits.refusal(provider, exchange.config, member.label)
+        if limited is not None:  # requests_per_minute/day of the account: try another, else a clean 429
+            exchange.release()
+            exchange.note("local request limit")
+            raise _SkipAccount(replies.error_response(route.dialect, 429, limited.message, headers=limited.headers))
         try:
             if not passthrough and not adapter.accepts_image_urls:
-                await inline_remote_images(route.request, self.gateway.config.images, self.client(), route.provider)
-            body = self._upstream_body(route, adapter, passthrough)
+                await inline_remote_images(route.request, self.gateway.config.images, self.client(), provider)
+            exchange.body = self._upstream_body(route, adapter, passthrough, model)
         except TranslationError as e:
-            return replies.error_response(route.dialect, e.status, str(e))
-        provider_cfg = self.gateway.config.providers[route.provider]
-        exchange = Exchange(route.provider, adapter, provider_cfg, member, body, passthrough)
-        flow.metadata[EXCHANGE] = exchange
+            exchange.release()
+            return exchange, replies.error_response(route.dialect, e.status, str(e))
         try:
             auth = await member.credential.auth()
         except CredentialError as e:
-            return self._account_error(route, exchange, e)
+            exchange.release()
+            pool.disable(member, str(e))
+            exchange.note("credential error")
+            logger.warning("aiclient-mitm: %s account %s cannot be used: %s", provider, member.label, e)
+            raise _SkipAccount(
+                replies.error_response(route.dialect, 503, f"account {member.label} of {provider}: {e}")
+            ) from None
         exchange.request = self._build(flow.request.headers, route, exchange, auth)
-        if route.stream:
-            return await self._relay(flow, route, exchange)
-        answer = await self._send(route, exchange)
-        if answer.status_code == 401 and self._may_refresh(exchange):
-            answer = await self._refresh_and_resend(flow.request.headers, route, exchange) or answer
-        return answer
+        return exchange, None
 
-    def _upstream_body(self, route: Route, adapter: ProviderAdapter, passthrough: bool) -> dict[str, Any]:
+    def _upstream_body(self, route: Route, adapter: ProviderAdapter, passthrough: bool, model: str) -> dict[str, Any]:
         if passthrough:
             # Same dialect: the client's JSON with only the model changed.
             body = dict(route.body or {})
             if "model" in body or adapter.dialect != "gemini":
-                body["model"] = route.upstream_model
+                body["model"] = model
             return body
-        return get_codec(adapter.dialect).render_request(route.request, route.upstream_model)
+        render = getattr(adapter, "render", None)
+        if render is not None:  # adapters with their own request format (Kiro)
+            return render(self.gateway.config.providers[adapter.id], route.request, model)
+        return get_codec(adapter.dialect).render_request(route.request, model)
 
     def _build(self, client_headers, route: Route, exchange: Exchange, auth: AuthContext) -> UpstreamRequest:
         return exchange.adapter.build(
@@ -166,33 +274,54 @@ class Upstream:
             auth,
             exchange.body,
             request=route.request,
-            model=route.upstream_model,
+            model=exchange.model,
             stream=route.stream,
             client_headers=client_headers,
         )
+
+    def _report(self, exchange: Exchange, failure: UpstreamFailure) -> None:
+        logger.info(
+            "aiclient-mitm: %s/%s failed (%s): %s", exchange.provider, exchange.account, failure.kind, failure.message
+        )
+        exchange.pool.report_failure(
+            exchange.member,
+            exchange.model,
+            failure.kind,
+            failure.message,
+            retry_after=failure.retry_after,
+            until=failure.until,
+        )
+
+    def _unavailable(self, route: Route, why: _Unavailable) -> http.Response:
+        detail = "; ".join(why.reasons) or f"no usable account for provider {route.provider}"
+        if why.retry_after is not None:
+            seconds = max(1, int(why.retry_after + 0.999))
+            return replies.error_response(
+                route.dialect, 429, detail, code="model_cooldown", headers={"retry-after": str(seconds)}
+            )
+        return replies.error_response(route.dialect, 503, detail)
+
+    # -- whole answers (unary, and streams answered after a retry) ----------------------------
+
+    async def _attempt(
+        self, flow: http.HTTPFlow, route: Route, exchange: Exchange
+    ) -> tuple[http.Response, UpstreamFailure | None]:
+        answer, failure = await self._send(route, exchange)
+        if failure is not None and failure.kind == "auth" and self._may_refresh(exchange):
+            exchange.refreshed = True
+            try:
+                auth = await exchange.member.credential.force_refresh()
+            except CredentialError as e:
+                return answer, UpstreamFailure("auth", f"token refresh failed: {e}")
+            exchange.request = self._build(flow.request.headers, route, exchange, auth)
+            answer, failure = await self._send(route, exchange)
+        return answer, failure
 
     @staticmethod
     def _may_refresh(exchange: Exchange) -> bool:
         return not exchange.refreshed and bool(getattr(exchange.member.credential, "refreshable", False))
 
-    async def _refresh_and_resend(self, client_headers, route: Route, exchange: Exchange) -> http.Response | None:
-        """After a 401: refresh the account's token once and send again (None: refresh failed)."""
-        exchange.refreshed = True
-        try:
-            auth = await exchange.member.credential.force_refresh()
-        except CredentialError as e:
-            return self._account_error(route, exchange, e)
-        exchange.request = self._build(client_headers, route, exchange, auth)
-        return await self._send(route, exchange)
-
-    def _account_error(self, route: Route, exchange: Exchange, e: CredentialError) -> http.Response:
-        logger.warning("aiclient-mitm: %s account %s cannot be used: %s", route.provider, exchange.account, e)
-        exchange.attempts.append(f"{exchange.account} credential error")
-        return replies.error_response(route.dialect, 503, f"account {exchange.account} of {route.provider}: {e}")
-
-    # -- whole answers (unary, and streams answered after a retry) ----------------------------
-
-    async def _send(self, route: Route, exchange: Exchange) -> http.Response:
+    async def _send(self, route: Route, exchange: Exchange) -> tuple[http.Response, UpstreamFailure | None]:
         up = exchange.request
         assert up is not None
         cfg = exchange.config
@@ -200,19 +329,29 @@ class Upstream:
         try:
             r = await self.client().post(up.url, headers=up.headers, content=up.body, timeout=timeout)
         except httpx.TransportError as e:
-            exchange.attempts.append(f"{exchange.account} {type(e).__name__}")
-            logger.warning("aiclient-mitm: %s unreachable (%s): %s", route.provider, exchange.account, e)
-            return replies.error_response(
-                route.dialect, 502, f"upstream {route.provider} unreachable: {type(e).__name__}: {e}"
-            )
-        exchange.attempts.append(f"{exchange.account} {r.status_code}")
+            exchange.note(type(e).__name__)
+            message = f"upstream {exchange.provider} unreachable: {type(e).__name__}: {e}"
+            return replies.error_response(route.dialect, 502, message), UpstreamFailure("transient", message)
+        exchange.note(str(r.status_code))
         if r.status_code >= 400:
-            return self._upstream_error(route, r.status_code, r.content, r.headers.get("retry-after"))
+            failure = exchange.adapter.classify_error(r.status_code, r.content, r.headers)
+            return self._upstream_error(route, exchange, r.status_code, r.content, r.headers, failure), failure
         try:
-            return self._whole_answer(route, exchange, r.content, r.headers.get("content-type", ""))
+            answer = self._whole_answer(route, exchange, r.content, r.headers.get("content-type", ""))
         except (ValueError, TypeError, KeyError, TranslationError) as e:
-            logger.warning("aiclient-mitm: %s returned an unreadable body: %s", route.provider, e)
-            return replies.error_response(route.dialect, 502, f"upstream {route.provider} returned an unreadable body")
+            logger.warning("aiclient-mitm: %s returned an unreadable body: %s", exchange.provider, e)
+            message = f"upstream {exchange.provider} returned an unreadable body"
+            return replies.error_response(route.dialect, 502, message), UpstreamFailure("transient", message)
+        return answer, self._in_band_failure(route, exchange)
+
+    def _in_band_failure(self, route: Route, exchange: Exchange) -> UpstreamFailure | None:
+        """An error the upstream sent inside a 200 stream that was read whole (Kiro's exception
+        frames): before any byte reached the client it is a failure like any other."""
+        error = exchange.stream_error
+        if error is None:
+            return None
+        kind = {429: "rate_limited", 400: "bad_request", 413: "context_too_long"}.get(error.status, "transient")
+        return UpstreamFailure(kind, error.message)
 
     def _whole_answer(self, route: Route, exchange: Exchange, content: bytes, content_type: str) -> http.Response:
         up = exchange.request
@@ -228,6 +367,11 @@ class Upstream:
             collector = ResponseAccumulator()
             collector.feed(events)
             exchange.response = collector.response()
+            exchange.stream_error = collector.error
+            if collector.error is not None and not route.stream:
+                err = collector.error
+                status = err.status if 400 <= err.status <= 599 else 502
+                return replies.error_response(route.dialect, status, err.message)
             if route.stream:
                 encoder = get_codec(route.dialect).encoder(self._encoder_options(route, exchange))
                 body = encoder.feed(events) + encoder.close()
@@ -237,18 +381,41 @@ class Upstream:
         client_body = get_codec(route.dialect).render_response(exchange.response, route.model)
         return replies.json_response(200, client_body)
 
-    def _upstream_error(self, route: Route, status: int, body: bytes, retry_after: str | None) -> http.Response:
+    def _upstream_error(
+        self,
+        route: Route,
+        exchange: Exchange,
+        status: int,
+        body: bytes,
+        headers,
+        failure: UpstreamFailure | None = None,
+    ) -> http.Response:
+        if failure is not None and failure.kind == "context_too_long":
+            # Worded so agents (Claude Code's /compact) recognise it and shorten the conversation.
+            return replies.error_response(route.dialect, 400, failure.message, code="context_length_exceeded")
         message = errors.extract_message(body)
-        headers = {"retry-after": retry_after} if retry_after else None
+        retry_after = headers.get("retry-after")
+        if failure is not None and failure.kind in ("auth", "suspended"):
+            # The gateway's account was refused, not the caller's key: a 401 would send the client
+            # looking at its own credentials.
+            return replies.error_response(
+                route.dialect,
+                503,
+                f"upstream {exchange.provider} refused account {exchange.account} ({status}): {failure.message}",
+            )
         if not 400 <= status <= 599:
             status = 502
         return replies.error_response(
-            route.dialect, status, f"upstream {route.provider} answered {status}: {message}", headers=headers
+            route.dialect,
+            status,
+            f"upstream {exchange.provider} answered {status}: {message}",
+            headers={"retry-after": retry_after} if retry_after else None,
         )
 
     # -- streams ---------------------------------------------------------------------------
 
     async def _relay(self, flow: http.HTTPFlow, route: Route, exchange: Exchange) -> http.Response | None:
+        """Re-targets the flow for mitmproxy to relay (None), or answers the unreachable upstream."""
         up = exchange.request
         assert up is not None
         url = urllib.parse.urlsplit(up.url)
@@ -260,9 +427,11 @@ class Upstream:
             writer.close()
         except (TimeoutError, OSError) as e:
             reason = "connect timed out" if isinstance(e, TimeoutError) else str(e)
-            exchange.attempts.append(f"{exchange.account} unreachable")
-            logger.warning("aiclient-mitm: %s unreachable at %s:%d: %s", route.provider, host, port, reason)
-            return replies.error_response(route.dialect, 502, f"upstream {route.provider} unreachable: {reason}")
+            exchange.note("unreachable")
+            exchange.release()
+            message = f"upstream {exchange.provider} unreachable: {reason}"
+            self._report(exchange, UpstreamFailure("transient", message))
+            return replies.error_response(route.dialect, 502, message)
         req = flow.request
         # scheme before host/port: mitmproxy derives the default port from it.
         req.scheme = scheme
@@ -284,9 +453,9 @@ class Upstream:
         if exchange is None or route is None or not exchange.relayed or flow.response is None:
             return
         resp = flow.response
-        exchange.attempts.append(f"{exchange.account} {resp.status_code}")
+        exchange.note(str(resp.status_code))
         if not 200 <= resp.status_code < 300:
-            return  # buffered; the response hook answers it in the caller's dialect
+            return  # buffered; the response hook answers it (retry elsewhere or in the caller's dialect)
         try:
             exchange.transcoder = self._transcoder(route, exchange)
         except Exception:
@@ -331,18 +500,69 @@ class Upstream:
     async def response(self, flow: http.HTTPFlow) -> None:
         exchange: Exchange | None = flow.metadata.get(EXCHANGE)
         route: Route | None = flow.metadata.get(ROUTE)
-        if exchange is None or route is None or not exchange.relayed or flow.response is None:
+        if exchange is None or route is None or not exchange.relayed or exchange.released or flow.response is None:
             return
+        exchange.release()
         resp = flow.response
-        if resp.status_code < 300 or exchange.transcoder is not None:
+        if exchange.transcoder is not None:
+            self._stream_outcome(exchange)
             return
         try:
-            answer = None
-            if resp.status_code == 401 and self._may_refresh(exchange):
-                answer = await self._refresh_and_resend(flow.request.headers, route, exchange)
-            flow.response = answer or self._upstream_error(
-                route, resp.status_code, resp.content or b"", resp.headers.get("retry-after")
-            )
+            flow.response = await self._after_relay_error(flow, route, exchange, resp)
         except Exception:
             logger.exception("aiclient-mitm: answering an upstream error failed")
-            flow.response = replies.error_response(route.dialect, 502, f"upstream {route.provider} failed")
+            flow.response = replies.error_response(route.dialect, 502, f"upstream {exchange.provider} failed")
+
+    def _stream_outcome(self, exchange: Exchange) -> None:
+        """A relayed stream ended: an in-band upstream error counts against the account."""
+        collector = exchange.transcoder.collector if exchange.transcoder else None
+        error = collector.error if collector is not None else None
+        if error is None:
+            exchange.pool.report_success(exchange.member, exchange.model)
+        elif error.status in (429, 529, 500, 502, 503, 504):
+            kind = "rate_limited" if error.status == 429 else "transient"
+            self._report(exchange, UpstreamFailure(kind, error.message))
+
+    async def _after_relay_error(
+        self, flow: http.HTTPFlow, route: Route, exchange: Exchange, resp: http.Response
+    ) -> http.Response:
+        """The relayed stream was refused before its body: refresh, or fail over, or translate."""
+        body = resp.content or b""
+        failure = exchange.adapter.classify_error(resp.status_code, body, resp.headers)
+        answer = self._upstream_error(route, exchange, resp.status_code, body, resp.headers, failure)
+        if failure.kind == "auth" and self._may_refresh(exchange):
+            exchange.refreshed = True
+            exchange.relayed = False
+            try:
+                auth = await exchange.member.credential.force_refresh()
+                exchange.request = self._build(flow.request.headers, route, exchange, auth)
+                answer, failure = await self._send(route, exchange)
+            except CredentialError as e:
+                failure = UpstreamFailure("auth", f"token refresh failed: {e}")
+            if failure is None:
+                exchange.pool.report_success(exchange.member, exchange.model)
+                return answer
+        self._report(exchange, failure)
+        if failure.kind in NO_FAILOVER:
+            return answer
+        retried = await self._serve(
+            flow,
+            route,
+            relay=False,
+            tried={(exchange.provider, exchange.account)},
+            last=answer,
+            attempts=exchange.attempts,
+        )
+        return retried or answer
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """The relayed connection broke (upstream reset, client gone): free the account, and count
+        a failure against it when the upstream never answered."""
+        exchange: Exchange | None = flow.metadata.get(EXCHANGE)
+        if exchange is None or not exchange.relayed or exchange.released:
+            return
+        exchange.release()
+        if exchange.transcoder is None and flow.response is None:
+            message = flow.error.msg if flow.error else "connection failed"
+            exchange.note("connection error")
+            self._report(exchange, UpstreamFailure("transient", message))

@@ -1,38 +1,272 @@
-"""Accounts of one provider and which one serves the next request."""
+"""Accounts of one provider: which one serves the next request, and what failures did to them.
+
+Pure state with an injectable clock (tests never sleep for real cooldowns). Cooldowns are kept
+per account and per model, because a 429 or an exhausted quota is usually about one model.
+An account is never silently dropped: its state and the reason are always visible.
+"""
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from auth.credentials import Credential
+
+Strategy = Literal["round-robin", "least-recently-used", "fill-first"]
+ANY_MODEL = "*"
+
+
+@dataclass(slots=True)
+class CooldownRules:
+    """How failures turn into cooldowns (config `cooldown.*`)."""
+
+    rate_limit_base: float = 1.0  # first 429 without a delay: base * 2**(n-1) seconds ...
+    rate_limit_max: float = 1800.0  # ... capped here
+    transient: float = 60.0  # 408/5xx/timeouts/connection errors
+    quota_default: float = 3600.0  # quota exhausted and the upstream gave no reset time
+    error_window: float = 600.0  # windowed error count over this many seconds
+
+
+@dataclass(slots=True)
+class AccountState:
+    disabled: str | None = None  # reason; None = enabled
+    disabled_until: float | None = None  # a disable that ends by itself (quota until its reset)
+    cooldown_until: dict[str, float] = field(default_factory=dict)  # model (or ANY_MODEL) -> epoch
+    consecutive_errors: int = 0
+    recent_errors: deque[float] = field(default_factory=deque)
+    in_flight: int = 0
+    requests: int = 0
+    errors: int = 0
+    last_used: float = 0.0
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    rate_limit_streak: int = 0
 
 
 @dataclass(slots=True)
 class PoolAccount:
     label: str
     credential: Credential | None
-    # Why the account cannot serve, or None when it can.
+    # Why the account cannot serve at all (missing file, empty key), or None.
     unusable: str | None = None
+    state: AccountState = field(default_factory=AccountState)
 
 
 class NoUsableAccount(Exception):
+    """No account can ever serve (misconfiguration or all disabled): 503 naming them and why."""
+
     def __init__(self, provider: str, reasons: list[str]) -> None:
         detail = "; ".join(reasons) if reasons else "no accounts configured"
         super().__init__(f"no usable account for provider {provider}: {detail}")
         self.provider = provider
 
 
-class AccountPool:
-    """Round-robin over the usable accounts of a provider."""
+class AllCoolingDown(Exception):
+    """Every account that could serve is cooling down: 429 with Retry-After."""
 
-    def __init__(self, provider: str, accounts: list[PoolAccount]) -> None:
+    def __init__(self, provider: str, model: str, retry_after: float, last_errors: list[str] | None = None) -> None:
+        why = f" (last errors: {'; '.join(last_errors)})" if last_errors else ""
+        super().__init__(
+            f"every account of {provider} is cooling down for model {model}{why}; retry in {retry_after:.0f} s"
+        )
+        self.provider = provider
+        self.retry_after = retry_after
+
+
+class AccountPool:
+    def __init__(
+        self,
+        provider: str,
+        accounts: list[PoolAccount],
+        *,
+        strategy: Strategy = "round-robin",
+        rules: CooldownRules | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.provider = provider
         self.accounts = accounts
-        usable = [a for a in accounts if a.unusable is None]
-        self._cycle = itertools.cycle(usable) if usable else None
+        self.strategy = strategy
+        self.rules = rules or CooldownRules()
+        self.clock = clock
+        self._turn = itertools.count()
 
-    def next(self) -> PoolAccount:
-        if self._cycle is None:
-            raise NoUsableAccount(self.provider, [f"{a.label}: {a.unusable}" for a in self.accounts])
-        return next(self._cycle)
+    # -- choosing ------------------------------------------------------------------------------
+
+    def acquire(self, model: str, exclude: frozenset[str] | set[str] = frozenset()) -> PoolAccount:
+        """The next account for `model`, marked in flight; release() it when the attempt is over."""
+        now = self.clock()
+        usable: list[PoolAccount] = []
+        waits: list[float] = []
+        reasons: list[str] = []
+        last_errors: list[str] = []
+        for acct in self.accounts:
+            if acct.unusable is not None:
+                reasons.append(f"{acct.label}: {acct.unusable}")
+                continue
+            st = acct.state
+            if st.disabled is not None:
+                if st.disabled_until is not None and st.disabled_until <= now:
+                    st.disabled = st.disabled_until = None
+                else:
+                    reasons.append(f"{acct.label}: {st.disabled}")
+                    if st.disabled_until is not None:
+                        waits.append(st.disabled_until - now)
+                    continue
+            if acct.label in exclude:
+                continue
+            until = max(st.cooldown_until.get(model, 0.0), st.cooldown_until.get(ANY_MODEL, 0.0))
+            if until > now:
+                waits.append(until - now)
+                if st.last_error:
+                    last_errors.append(f"{acct.label}: {st.last_error}")
+                continue
+            usable.append(acct)
+        if not usable:
+            if waits:
+                raise AllCoolingDown(self.provider, model, max(1.0, min(waits)), last_errors)
+            raise NoUsableAccount(self.provider, reasons)
+        chosen = self._pick(usable)
+        chosen.state.in_flight += 1
+        chosen.state.requests += 1
+        chosen.state.last_used = now
+        return chosen
+
+    def _pick(self, usable: list[PoolAccount]) -> PoolAccount:
+        if self.strategy == "fill-first":
+            return usable[0]
+        if self.strategy == "least-recently-used":
+            return min(usable, key=lambda a: (a.state.last_used, a.state.in_flight))
+        return usable[next(self._turn) % len(usable)]
+
+    def release(self, acct: PoolAccount) -> None:
+        acct.state.in_flight = max(0, acct.state.in_flight - 1)
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def report_success(self, acct: PoolAccount, model: str) -> None:
+        st = acct.state
+        st.consecutive_errors = 0
+        st.rate_limit_streak = 0
+        st.last_success = self.clock()
+        st.cooldown_until.pop(model, None)
+
+    def report_failure(
+        self,
+        acct: PoolAccount,
+        model: str,
+        kind: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        until: float | None = None,
+    ) -> None:
+        """Applies the cooldown rules to one failure (kinds as in providers.base.UpstreamFailure)."""
+        now = self.clock()
+        st = acct.state
+        rules = self.rules
+        if kind in ("bad_request", "context_too_long", "not_found"):
+            return  # the request's fault, not the account's
+        st.errors += 1
+        st.consecutive_errors += 1
+        st.recent_errors.append(now)
+        while st.recent_errors and st.recent_errors[0] < now - rules.error_window:
+            st.recent_errors.popleft()
+        st.last_error = f"{kind}: {message}"[:300]
+        st.last_error_at = now
+        if kind == "rate_limited":
+            st.rate_limit_streak += 1
+            delay = retry_after
+            if delay is None:
+                delay = min(rules.rate_limit_max, rules.rate_limit_base * 2 ** (st.rate_limit_streak - 1))
+            st.cooldown_until[model] = now + delay
+        elif kind == "quota_exhausted":
+            st.cooldown_until[model] = until if until is not None else now + (retry_after or rules.quota_default)
+        elif kind == "auth":
+            self.disable(acct, f"login expired or key refused: {message}"[:300])
+        elif kind in ("forbidden", "suspended"):
+            self.disable(acct, message)
+        else:  # transient: 408/5xx/timeouts/connection errors
+            st.cooldown_until[ANY_MODEL] = now + (retry_after if retry_after is not None else rules.transient)
+
+    def disable(self, acct: PoolAccount, reason: str, until: float | None = None) -> None:
+        acct.state.disabled = reason
+        acct.state.disabled_until = until
+
+    def recover(self, acct: PoolAccount) -> None:
+        """A successful health check or refresh: the account may serve again."""
+        st = acct.state
+        st.disabled = st.disabled_until = None
+        st.cooldown_until.clear()
+        st.consecutive_errors = 0
+
+    # -- visibility and persistence -----------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        out = []
+        for acct in self.accounts:
+            st = acct.state
+            cooling = {m: round(u - now, 1) for m, u in st.cooldown_until.items() if u > now}
+            if acct.unusable:
+                state = "unusable"
+            elif st.disabled:
+                state = "disabled"
+            elif cooling:
+                state = "cooling"
+            else:
+                state = "ready"
+            out.append(
+                {
+                    "label": acct.label,
+                    "state": state,
+                    "reason": acct.unusable or st.disabled,
+                    "cooldown_seconds": cooling,
+                    "in_flight": st.in_flight,
+                    "requests": st.requests,
+                    "errors": st.errors,
+                    "recent_errors": len(st.recent_errors),
+                    "consecutive_errors": st.consecutive_errors,
+                    "last_error": st.last_error,
+                    "last_success": st.last_success,
+                }
+            )
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            acct.label: {
+                "disabled": acct.state.disabled,
+                "disabled_until": acct.state.disabled_until,
+                "cooldown_until": acct.state.cooldown_until,
+                "requests": acct.state.requests,
+                "errors": acct.state.errors,
+                "last_error": acct.state.last_error,
+                "last_success": acct.state.last_success,
+                "rate_limit_streak": acct.state.rate_limit_streak,
+            }
+            for acct in self.accounts
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Takes back a snapshot; accounts no longer configured are ignored, expired cooldowns dropped."""
+        now = self.clock()
+        for acct in self.accounts:
+            saved = data.get(acct.label)
+            if not isinstance(saved, dict):
+                continue
+            st = acct.state
+            st.disabled = saved.get("disabled")
+            st.disabled_until = saved.get("disabled_until")
+            st.cooldown_until = {
+                m: float(u) for m, u in (saved.get("cooldown_until") or {}).items() if float(u) > now
+            }
+            st.requests = int(saved.get("requests") or 0)
+            st.errors = int(saved.get("errors") or 0)
+            st.last_error = saved.get("last_error")
+            st.last_success = saved.get("last_success")
+            st.rate_limit_streak = int(saved.get("rate_limit_streak") or 0)

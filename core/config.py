@@ -70,8 +70,18 @@ class Account(_Strict):
         return f"account-{index + 1}"
 
 
+class HealthCheck(_Strict):
+    # Seconds between checks of accounts that are cooling or failed lately; 0 = off.
+    interval: Annotated[float, Field(ge=0)] = 0.0
+    # Model asked in the cheap check request (provider default model when unset).
+    model: str | None = None
+
+
 class Provider(_Strict):
     enabled: bool = True
+    # Which usable account serves the next request.
+    strategy: Literal["round-robin", "least-recently-used", "fill-first"] = "round-robin"
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
     base_url: AnyHttpUrl | None = None
     accounts: list[Account] = Field(default_factory=list)
     # Models listed by /v1/models for this provider; requests for other models still pass through.
@@ -101,6 +111,40 @@ class ModelRoute(_Strict):
     model: str
 
 
+class Retry(_Strict):
+    # Upstream attempts per request, across accounts and fallbacks, while no byte reached the client.
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    # Longest the gateway waits inside one request for a cooling account before answering 429.
+    max_wait: Annotated[float, Field(ge=0)] = 30.0
+    # First backoff step in seconds (exponential with jitter) when retrying after every account failed.
+    backoff_base: Annotated[float, Field(gt=0)] = 0.5
+
+
+class Cooldown(_Strict):
+    rate_limit_base: Annotated[float, Field(gt=0)] = 1.0  # 429 without a delay: base * 2^n s ...
+    rate_limit_max: Annotated[float, Field(gt=0)] = 1800.0  # ... capped here
+    transient: Annotated[float, Field(ge=0)] = 60.0  # 408/5xx/timeouts/connection errors
+    quota_default: Annotated[float, Field(ge=0)] = 3600.0  # quota gone, no reset time given
+    error_window: Annotated[float, Field(gt=0)] = 600.0  # window of the recent-error count
+
+
+class Fallback(_Strict):
+    # provider -> providers tried next with the same model.
+    providers: dict[ProviderId, list[ProviderId]] = Field(default_factory=dict)
+    # model -> "provider:model" targets tried next.
+    models: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("models")
+    @classmethod
+    def _targets(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for model, targets in value.items():
+            for target in targets:
+                provider, sep, name = target.partition(":")
+                if not sep or not name or provider not in PROVIDER_IDS:
+                    raise ValueError(f"{model}: {target!r} is not 'provider:model' with a known provider")
+        return value
+
+
 class Limits(_Strict):
     # Largest request body accepted; larger ones get 413 in the caller's dialect.
     max_body: ByteSize = ByteSize(20 * 1024 * 1024)
@@ -127,6 +171,9 @@ class Config(_Strict):
     models: dict[str, ModelRoute] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     images: Images = Field(default_factory=Images)
+    retry: Retry = Field(default_factory=Retry)
+    cooldown: Cooldown = Field(default_factory=Cooldown)
+    fallback: Fallback = Field(default_factory=Fallback)
     # HTTP/2 toward clients. Off by default: every SDK speaks HTTP/1.1 and it is cheaper.
     http2: bool = False
     # Pool state, discovered projects and usage counters; relative to the config file's folder.

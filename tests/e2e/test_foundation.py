@@ -268,6 +268,8 @@ def test_unreachable_upstream_is_502_in_dialect(tmp_path, fakes):
             "api_keys": [CLIENT_KEY],
             "default_provider": "claude-custom",
             "providers": {"claude-custom": {"base_url": dead, "accounts": [{"api_key": "k"}]}},
+            # Without a cooldown every request meets the dead upstream itself.
+            "cooldown": {"transient": 0},
         },
     )
     try:

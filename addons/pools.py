@@ -1,0 +1,174 @@
+"""Pools: the account pools of every provider, their background work and GET /pool.
+
+Builds the pools from config (expanding credential directories and globs), restores their
+snapshot so cooldowns and disabled reasons survive a restart, and runs one asyncio task set
+while mitmproxy runs: tokens near expiry are refreshed ahead -- idle and cooling accounts too,
+so an idle gateway never wakes up with every token expired -- optional health checks recover
+accounts, and the snapshot is written atomically whenever the state changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import httpx
+from mitmproxy import http
+
+from addons import replies
+from addons.context import ROUTE, Gateway, Route
+from auth.accounts import expand_accounts
+from auth.credentials import CredentialError
+from auth.pool import AccountPool, CooldownRules, PoolAccount
+from core.files import read_json, write_json_atomic
+from providers import ADAPTERS
+from translators import get_codec, ir
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_FILE = "pool.json"
+# How often the background loop looks at tokens and the snapshot.
+TICK_SECONDS = 5.0
+
+
+class Pools:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._saved: dict | None = None
+        self._last_check: dict[str, float] = {}
+
+    def state_dir(self) -> Path:
+        config = self.gateway.config
+        base = self.gateway.config_path.parent if self.gateway.config_path else Path.cwd()
+        return config.state_dir if config.state_dir.is_absolute() else base / config.state_dir
+
+    def configure(self, updated: set[str]) -> None:
+        if "config" not in updated or self.gateway.config_path is None:
+            return
+        config = self.gateway.config
+        rules = CooldownRules(**config.cooldown.model_dump())
+        saved = read_json(self.state_dir() / SNAPSHOT_FILE) or {}
+        pools: dict[str, AccountPool] = {}
+        for pid in config.configured_providers():
+            adapter = ADAPTERS.get(pid)
+            if adapter is None:
+                continue
+            provider = config.providers[pid]
+            members = []
+            for label, account in expand_accounts(provider.accounts, self.gateway.config_path.parent):
+                try:
+                    if not account.enabled:
+                        raise CredentialError("disabled in config")
+                    members.append(PoolAccount(label, adapter.credential(provider, account)))
+                except CredentialError as e:
+                    logger.warning("aiclient-mitm: %s account %s is skipped: %s", pid, label, e)
+                    members.append(PoolAccount(label, None, str(e)))
+            pool = AccountPool(pid, members, strategy=provider.strategy, rules=rules)
+            pool.restore(saved.get(pid) or {})
+            pools[pid] = pool
+        self.gateway.pools = pools
+        self._saved = self._snapshot()
+
+    # -- background work -------------------------------------------------------------------------
+
+    def running(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._loop(), name="aiclient-pools")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def done(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._save_if_changed()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self._refresh_near_expiry()
+                await self._health_checks()
+                await asyncio.to_thread(self._save_if_changed)
+            except Exception:
+                logger.exception("aiclient-mitm: pool background work failed; continuing")
+            await asyncio.sleep(TICK_SECONDS)
+
+    async def _refresh_near_expiry(self) -> None:
+        now = time.time()
+        for pid, pool in self.gateway.pools.items():
+            ahead = self.gateway.config.providers[pid].refresh_ahead + 2 * TICK_SECONDS
+            for acct in pool.accounts:
+                cred = acct.credential
+                expires = getattr(cred, "expires_at", None) if cred is not None else None
+                if cred is None or not getattr(cred, "refreshable", False) or expires is None:
+                    continue
+                if expires - now > ahead or (acct.state.disabled and acct.state.disabled_until is None):
+                    continue
+                try:
+                    await cred.auth()  # refreshes ahead of expiry, single-flight with request-time refresh
+                except CredentialError as e:
+                    logger.warning("aiclient-mitm: background refresh of %s/%s failed: %s", pid, acct.label, e)
+                    pool.disable(acct, f"token refresh failed: {e}")
+
+    async def _health_checks(self) -> None:
+        now = time.time()
+        for pid, pool in self.gateway.pools.items():
+            check = self.gateway.config.providers[pid].health_check
+            if check.interval <= 0 or now - self._last_check.get(pid, 0.0) < check.interval:
+                continue
+            self._last_check[pid] = now
+            for acct in pool.accounts:
+                if acct.credential is None or acct.state.disabled or not acct.state.consecutive_errors:
+                    continue
+                if await self._probe(pid, acct, check.model):
+                    pool.recover(acct)
+                    logger.info("aiclient-mitm: %s/%s recovered after a health check", pid, acct.label)
+
+    async def _probe(self, pid: str, acct: PoolAccount, model: str | None) -> bool:
+        """A cheap unary request ("Hi", 1 output token) with the account; True when it succeeds."""
+        adapter = ADAPTERS[pid]
+        provider = self.gateway.config.providers[pid]
+        model = model or (provider.models or list(adapter.default_models) or ["default"])[0]
+        req = ir.Request(model=model, messages=[ir.Message("user", [ir.TextPart("Hi")])], max_tokens=1)
+        try:
+            auth = await acct.credential.auth()
+            body = get_codec(adapter.dialect).render_request(req, model) if adapter.dialect != "kiro" else {}
+            up = adapter.build(provider, auth, body, request=req, model=model, stream=False, client_headers={})
+            timeout = httpx.Timeout(30.0, connect=provider.connect_timeout)
+            async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
+                r = await client.post(up.url, headers=up.headers, content=up.body)
+            return r.status_code < 400
+        except (CredentialError, httpx.HTTPError, ValueError) as e:
+            logger.info("aiclient-mitm: health check of %s/%s failed: %s", pid, acct.label, e)
+            return False
+
+    # -- persistence and visibility ------------------------------------------------------------------
+
+    def _snapshot(self) -> dict:
+        return {pid: pool.snapshot() for pid, pool in self.gateway.pools.items()}
+
+    def _save_if_changed(self) -> None:
+        if self.gateway.config_path is None:
+            return
+        snap = self._snapshot()
+        if snap == self._saved:
+            return
+        try:
+            write_json_atomic(self.state_dir() / SNAPSHOT_FILE, snap)
+            self._saved = snap
+        except OSError as e:
+            logger.warning("aiclient-mitm: cannot write the pool snapshot: %s", e)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        route: Route | None = flow.metadata.get(ROUTE)
+        if route is None or route.operation != "pool":
+            return
+        flow.response = replies.json_response(
+            200, {"providers": {pid: pool.status() for pid, pool in self.gateway.pools.items()}}
+        )
