@@ -42,16 +42,15 @@ class Pools:
         self._last_check: dict[str, float] = {}
 
     def state_dir(self) -> Path:
-        config = self.gateway.config
-        base = self.gateway.config_path.parent if self.gateway.config_path else Path.cwd()
-        return config.state_dir if config.state_dir.is_absolute() else base / config.state_dir
+        return self.gateway.config.state_path(self.gateway.config_path)
 
     def configure(self, updated: set[str]) -> None:
         if "config" not in updated or self.gateway.config_path is None:
             return
         config = self.gateway.config
         rules = CooldownRules(**config.cooldown.model_dump())
-        saved = read_json(self.state_dir() / SNAPSHOT_FILE) or {}
+        state_dir = self.state_dir()
+        saved = read_json(state_dir / SNAPSHOT_FILE) or {}
         pools: dict[str, AccountPool] = {}
         for pid in config.configured_providers():
             adapter = ADAPTERS.get(pid)
@@ -63,7 +62,9 @@ class Pools:
                 try:
                     if not account.enabled:
                         raise CredentialError("disabled in config")
-                    members.append(PoolAccount(label, adapter.credential(provider, account)))
+                    members.append(
+                        PoolAccount(label, adapter.credential(provider, account, label=label, state_dir=state_dir))
+                    )
                 except CredentialError as e:
                     logger.warning("aiclient-mitm: %s account %s is skipped: %s", pid, label, e)
                     members.append(PoolAccount(label, None, str(e)))

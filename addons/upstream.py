@@ -225,7 +225,7 @@ class Upstream:
         """The attempt's Exchange with its rendered request, or a local answer that ends the request."""
         adapter = ADAPTERS[provider]
         pool = self.gateway.pools[provider]
-        passthrough = adapter.dialect == route.dialect and not route.ir_modified
+        passthrough = adapter.dialect == route.dialect and not route.ir_modified and not adapter.wraps_responses
         exchange = Exchange(
             provider, model, adapter, self.gateway.config.providers[provider], pool, member, {}, passthrough
         )

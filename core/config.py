@@ -206,6 +206,12 @@ class Config(_Strict):
     def configured_providers(self) -> list[str]:
         return [pid for pid, p in self.providers.items() if p.enabled]
 
+    def state_path(self, config_path: Path | None) -> Path:
+        """state_dir, relative to the config file's folder."""
+        if self.state_dir.is_absolute():
+            return self.state_dir
+        return (config_path.parent if config_path else Path.cwd()) / self.state_dir
+
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

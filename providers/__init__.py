@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from providers.api_key import ClaudeCustom, OpenAICustom, OpenAIResponsesCustom
 from providers.base import ProviderAdapter, UpstreamRequest
+from providers.gemini_cli import GeminiCli
 from providers.kiro import Kiro
 from providers.qwen import Qwen
 
 ADAPTERS: dict[str, ProviderAdapter] = {a.id: a for a in (OpenAICustom(), ClaudeCustom(), OpenAIResponsesCustom())}
 ADAPTERS[Qwen.id] = Qwen()
 ADAPTERS[Kiro.id] = Kiro()
+ADAPTERS[GeminiCli.id] = GeminiCli()
 
 __all__ = ["ADAPTERS", "ProviderAdapter", "UpstreamRequest"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from auth.credentials import AuthContext, Credential, StaticKey
@@ -36,8 +37,11 @@ class _ApiKeyAdapter:
     default_base_url = ""
     default_models: tuple[str, ...] = ()
     accepts_image_urls = True
+    wraps_responses = False
 
-    def credential(self, provider: Provider, account: Account) -> Credential:
+    def credential(
+        self, provider: Provider, account: Account, *, label: str = "", state_dir: Path | None = None
+    ) -> Credential:
         return StaticKey(account.api_key.get_secret_value() if account.api_key else "")
 
     def classify_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamFailure:

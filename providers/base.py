@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from auth.credentials import AuthContext, Credential
@@ -33,9 +34,14 @@ class ProviderAdapter(Protocol):
     default_models: tuple[str, ...]
     # Whether the upstream fetches http(s) image URLs itself (else the gateway inlines them).
     accepts_image_urls: bool
+    # Answers come in an envelope (Code Assist's {"response": ...}): a client of the same dialect
+    # must still get them through the codec, never relayed as they are.
+    wraps_responses: bool
 
-    def credential(self, provider: Provider, account: Account) -> Credential:
-        """The account's credential; raises auth.credentials.CredentialError saying why it is unusable."""
+    def credential(self, provider: Provider, account: Account, *, label: str, state_dir: Path | None) -> Credential:
+        """The account's credential; raises auth.credentials.CredentialError saying why it is unusable.
+        `label` names the account in messages; `state_dir` keeps what the account discovered
+        (e.g. its Code Assist project) across restarts."""
         ...
 
     def build(

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from auth.credentials import AuthContext, Credential, CredentialError
@@ -133,6 +134,7 @@ class Kiro:
         "auto",
     )
     accepts_image_urls = False
+    wraps_responses = False
 
     def __init__(self) -> None:
         # Tool sets already reported: Claude Code sends web_search with every request, and one
@@ -146,7 +148,9 @@ class Kiro:
             self._reported.add(key)
         logger.log(level, "aiclient-mitm: claude-kiro-oauth: left out tools Kiro cannot run: %s", ", ".join(names))
 
-    def credential(self, provider: Provider, account: Account) -> Credential:
+    def credential(
+        self, provider: Provider, account: Account, *, label: str = "", state_dir: Path | None = None
+    ) -> Credential:
         try:
             settings = kiro_settings(provider)
         except ValueError as e:

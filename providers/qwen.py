@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from auth.credentials import AuthContext, Credential, CredentialError
@@ -121,11 +122,14 @@ class Qwen:
     default_models = ("qwen3-coder-plus", "qwen3-coder-flash", "coder-model", "vision-model")
     # Not known whether the portal fetches remote image URLs: the gateway inlines them.
     accepts_image_urls = False
+    wraps_responses = False
 
     def options(self, provider: Provider) -> QwenOptions:
         return QwenOptions.parse(provider.options)
 
-    def credential(self, provider: Provider, account: Account) -> Credential:
+    def credential(
+        self, provider: Provider, account: Account, *, label: str = "", state_dir: Path | None = None
+    ) -> Credential:
         """Also where `options` are checked: it runs at config load for every account, so a bad
         option makes every account unusable with the reason, in the log and in `auth status`."""
         try:
