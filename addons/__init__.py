@@ -5,24 +5,35 @@ from __future__ import annotations
 from addons.client_auth import ClientAuth
 from addons.config_loader import ConfigLoader
 from addons.context import Gateway
+from addons.flow_inspect import Inspect
 from addons.kiro_view import KiroView
 from addons.local_api import LocalApi
 from addons.pools import Pools
 from addons.router import Router
+from addons.system_prompt import SystemPrompt
 from addons.unanswered import Unanswered
 from addons.upstream import Upstream
+from addons.usage import Usage
 
 
 def chain() -> list[object]:
     """The addon chain of one gateway process; they share one Gateway."""
+    # Imported here so `python -m addons.prompt_log export` does not import its own module twice.
+    from addons.prompt_log import PromptLog
+
     gateway = Gateway()
     return [
         ConfigLoader(gateway),
         ClientAuth(gateway),
         Router(gateway),
+        # Before LocalApi so count_tokens counts the system prompt the upstream will really get.
+        SystemPrompt(gateway),
         LocalApi(gateway),
         Pools(gateway),
         Upstream(gateway),
+        PromptLog(gateway),
+        Usage(gateway),
+        Inspect(gateway),
         Unanswered(),
         KiroView(),
     ]

@@ -8,19 +8,22 @@ HTTP/1.1 chunked body): a failure becomes the dialect's in-band error and a clea
 from __future__ import annotations
 
 import logging
+import time
 
 from translators.accumulate import ResponseAccumulator
 from translators.base import StreamDecoder, StreamEncoder
-from translators.ir import Event, StreamError
+from translators.ir import Event, StreamError, TextDelta, ThinkingDelta, ToolCallStart
 from translators.sse import SseEventRelay
 
 logger = logging.getLogger(__name__)
+
+_TOKEN_EVENTS = (TextDelta, ThinkingDelta, ToolCallStart)
 
 
 class _Observer:
     """Shared by both callables: feeds decoded events to the collector and logs upstream errors."""
 
-    __slots__ = ("bytes_out", "collector", "events_seen", "finished", "label")
+    __slots__ = ("bytes_out", "collector", "events_seen", "finished", "first_token_at", "label", "tap", "tap_limit")
 
     def __init__(self, collector: ResponseAccumulator | None, label: str) -> None:
         self.collector = collector
@@ -28,16 +31,29 @@ class _Observer:
         self.events_seen = 0
         self.bytes_out = 0
         self.finished = False
+        # time.time() of the first text, thinking or tool-call event (time to first token).
+        self.first_token_at: float | None = None
+        # Set by an observer (the Inspect addon) to keep a copy of the client's bytes, up to tap_limit.
+        self.tap: bytearray | None = None
+        self.tap_limit = 0
 
     def observe(self, events: list[Event]) -> None:
         if not events:
             return
+        if self.first_token_at is None and any(type(ev) in _TOKEN_EVENTS for ev in events):
+            self.first_token_at = time.time()
         self.events_seen += len(events)
         if self.collector is not None:
             self.collector.feed(events)
         for ev in events:
             if type(ev) is StreamError:
                 logger.warning("aiclient-mitm: upstream stream error (%s): %s", self.label, ev.message)
+
+    def emitted(self, out: bytes) -> None:
+        self.bytes_out += len(out)
+        tap = self.tap
+        if tap is not None and out and len(tap) < self.tap_limit:
+            tap += out[: self.tap_limit - len(tap)]
 
 
 class StreamTranscoder(_Observer):
@@ -68,7 +84,7 @@ class StreamTranscoder(_Observer):
         except Exception as e:  # the stream must end cleanly whatever happened
             logger.exception("aiclient-mitm: stream translation failed (%s)", self.label)
             out = self._fail(f"the gateway failed to translate the upstream stream: {type(e).__name__}")
-        self.bytes_out += len(out)
+        self.emitted(out)
         return out if out else []
 
     def _fail(self, message: str) -> bytes:
@@ -102,7 +118,7 @@ class StreamRelay(_Observer):
         if not data:
             self.finished = True
         self._watch(data)
-        self.bytes_out += len(out)
+        self.emitted(out)
         return out if out else []
 
     def _watch(self, data: bytes) -> None:

@@ -76,6 +76,17 @@ class Exchange:
     def account(self) -> str:
         return self.member.label
 
+    def scrub(self, text: str) -> str:
+        """Upstreams sometimes echo the credential in an error; it must reach neither client nor log."""
+        if self.request is None:
+            return text
+        for name in ("authorization", "x-api-key", "x-goog-api-key"):
+            value = self.request.headers.get(name, "")
+            secret = value.removeprefix("Bearer ").strip()
+            if len(secret) >= 8:
+                text = text.replace(secret, "[REDACTED]")
+        return text
+
     def note(self, outcome: str) -> None:
         self.attempts.append(f"{self.provider}/{self.account} {outcome}")
 
@@ -279,6 +290,12 @@ class Upstream:
             client_headers=client_headers,
         )
 
+    @staticmethod
+    def _classify(exchange: Exchange, status: int, body: bytes, headers) -> UpstreamFailure:
+        failure = exchange.adapter.classify_error(status, body, headers)
+        failure.message = exchange.scrub(failure.message)
+        return failure
+
     def _report(self, exchange: Exchange, failure: UpstreamFailure) -> None:
         logger.info(
             "aiclient-mitm: %s/%s failed (%s): %s", exchange.provider, exchange.account, failure.kind, failure.message
@@ -334,7 +351,7 @@ class Upstream:
             return replies.error_response(route.dialect, 502, message), UpstreamFailure("transient", message)
         exchange.note(str(r.status_code))
         if r.status_code >= 400:
-            failure = exchange.adapter.classify_error(r.status_code, r.content, r.headers)
+            failure = self._classify(exchange, r.status_code, r.content, r.headers)
             return self._upstream_error(route, exchange, r.status_code, r.content, r.headers, failure), failure
         try:
             answer = self._whole_answer(route, exchange, r.content, r.headers.get("content-type", ""))
@@ -393,7 +410,7 @@ class Upstream:
         if failure is not None and failure.kind == "context_too_long":
             # Worded so agents (Claude Code's /compact) recognise it and shorten the conversation.
             return replies.error_response(route.dialect, 400, failure.message, code="context_length_exceeded")
-        message = errors.extract_message(body)
+        message = exchange.scrub(errors.extract_message(body))
         retry_after = headers.get("retry-after")
         if failure is not None and failure.kind in ("auth", "suspended"):
             # The gateway's account was refused, not the caller's key: a 401 would send the client
@@ -528,7 +545,7 @@ class Upstream:
     ) -> http.Response:
         """The relayed stream was refused before its body: refresh, or fail over, or translate."""
         body = resp.content or b""
-        failure = exchange.adapter.classify_error(resp.status_code, body, resp.headers)
+        failure = self._classify(exchange, resp.status_code, body, resp.headers)
         answer = self._upstream_error(route, exchange, resp.status_code, body, resp.headers, failure)
         if failure.kind == "auth" and self._may_refresh(exchange):
             exchange.refreshed = True

@@ -160,6 +160,45 @@ class Images(_Strict):
     allow_private_addresses: bool = False
 
 
+class PromptLogSettings(_Strict):
+    # none: off; console: one JSON line per exchange on stdout; file: JSONL files under `dir`.
+    mode: Literal["none", "console", "file"] = "none"
+    # Relative to the config file's folder. One file per UTC day, and a new one past max_file_size.
+    dir: Path = Path("prompt-logs")
+    max_file_size: ByteSize = ByteSize(256 * 1024 * 1024)
+    # Regular expressions; every match in message text is replaced by [REDACTED] before writing.
+    redact: list[str] = Field(default_factory=list)
+
+    @field_validator("redact")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        for i, pattern in enumerate(value):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"[{i}] {pattern!r} is not a valid regular expression: {e}") from None
+        return value
+
+
+class Replacement(_Strict):
+    old: Annotated[str, Field(min_length=1)]
+    new: str = ""
+
+
+class SystemPromptSettings(_Strict):
+    # Text file that replaces (overwrite) or ends (append) every request's system prompt; relative to
+    # the config file's folder; re-read when it changes.
+    file: Path | None = None
+    mode: Literal["overwrite", "append"] = "overwrite"
+    # Literal old -> new replacements applied, in order, to the client's system text.
+    replacements: list[Replacement] = Field(default_factory=list)
+
+
+class InspectSettings(_Strict):
+    # mitmweb: how much of each streamed answer is kept for the inspector to show (0 = nothing).
+    stream_body_max: ByteSize = ByteSize(1024 * 1024)
+
+
 class Config(_Strict):
     listen: Listen = Field(default_factory=Listen)
     # Client keys. Empty (and no AICLIENT_API_KEYS in the environment): a key is generated at first
@@ -171,6 +210,9 @@ class Config(_Strict):
     models: dict[str, ModelRoute] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     images: Images = Field(default_factory=Images)
+    prompt_log: PromptLogSettings = Field(default_factory=PromptLogSettings)
+    system_prompt: SystemPromptSettings = Field(default_factory=SystemPromptSettings)
+    inspect: InspectSettings = Field(default_factory=InspectSettings)
     retry: Retry = Field(default_factory=Retry)
     cooldown: Cooldown = Field(default_factory=Cooldown)
     fallback: Fallback = Field(default_factory=Fallback)

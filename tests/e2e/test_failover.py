@@ -187,3 +187,12 @@ def test_pool_needs_the_client_key_and_shows_no_secret(gw):
     assert httpx.get(f"{gw.url}/pool", timeout=30).status_code == 401
     text = httpx.get(f"{gw.url}/pool", headers=AUTH, timeout=30).text
     assert OPENAI_KEY not in text and CLAUDE_KEY not in text and CLIENT_KEY not in text
+
+
+def test_a_key_echoed_by_the_upstream_reaches_neither_client_nor_log(gw, fakes):
+    echo = {"error": {"message": f"Incorrect API key provided: {OPENAI_KEY}", "type": "invalid_request_error"}}
+    fakes.openai.faults.append(Fault(status=400, body=echo))
+    r = chat(gw)
+    assert r.status_code == 400
+    assert OPENAI_KEY not in r.text and "[REDACTED]" in r.text
+    assert OPENAI_KEY not in gw.log()

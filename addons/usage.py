@@ -1,0 +1,181 @@
+"""Usage: token and request counters per client key x provider x account x model, at GET /usage.
+
+Counted from the IR usage of every finished generate exchange (streams included, and cut
+streams with what they reported). Kept in memory and written to `<state_dir>/usage.json` a few
+seconds after a change (atomically, from a worker thread) and at shutdown, so a restart keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import http
+
+from addons import replies
+from addons.context import CLIENT_KEY_ID, EXCHANGE, ROUTE, Gateway, Route
+from addons.outcome import Outcome, outcome_of
+from core.files import read_json, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "usage.json"
+COUNTED = "aiclient.usage_counted"
+# Seconds between a change and the write of the state file (changes in between share one write).
+SAVE_DELAY = 5.0
+
+
+@dataclass(slots=True)
+class Counters:
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def add(self, other: Counters) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_tokens += other.cached_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+
+
+Key = tuple[str, str, str, str]  # client key id, provider, account, model
+KEY_FIELDS = ("client_key_id", "provider", "account", "model")
+
+
+class UsageBook:
+    """The counters; pure state, serializable to and from the state file's JSON."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Key, Counters] = {}
+        self.since = time.time()
+
+    def count(self, key: Key, outcome: Outcome) -> None:
+        u = outcome.usage
+        row = self.rows.setdefault(key, Counters())
+        row.add(
+            Counters(
+                requests=1,
+                errors=0 if outcome.ok else 1,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                cached_tokens=u.cache_read_tokens,
+                reasoning_tokens=u.reasoning_tokens,
+            )
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        rows = [{**dict(zip(KEY_FIELDS, key, strict=True)), **asdict(c)} for key, c in sorted(self.rows.items())]
+        total = Counters()
+        for c in self.rows.values():
+            total.add(c)
+        return {"since": self.since, "total": asdict(total), "rows": rows}
+
+    @classmethod
+    def from_json(cls, data: Any) -> UsageBook:
+        book = cls()
+        if not isinstance(data, dict):
+            return book
+        since = data.get("since")
+        if isinstance(since, int | float):
+            book.since = float(since)
+        fields = set(Counters.__slots__)
+        for row in data.get("rows") or ():
+            if not isinstance(row, dict):
+                continue
+            key = tuple(str(row.get(k) or "") for k in KEY_FIELDS)
+            counts = {k: int(v) for k, v in row.items() if k in fields and isinstance(v, int)}
+            book.rows.setdefault(key, Counters()).add(Counters(**counts))  # type: ignore[arg-type]
+        return book
+
+
+def state_dir(gateway: Gateway) -> Path:
+    config = gateway.config
+    base = gateway.config_path.parent if gateway.config_path else Path.cwd()
+    return config.state_dir if config.state_dir.is_absolute() else base / config.state_dir
+
+
+class Usage:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.book = UsageBook()
+        self.path: Path | None = None
+        self._save_task: asyncio.Task[None] | None = None
+
+    def configure(self, updated: set[str]) -> None:
+        if "config" not in updated or self.gateway.config_path is None:
+            return
+        self.path = state_dir(self.gateway) / STATE_FILE
+        self.book = UsageBook.from_json(read_json(self.path))
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        route: Route | None = flow.metadata.get(ROUTE)
+        if route is None or route.operation != "usage":
+            return
+        body = self.book.to_json()
+        body["client_key_id"] = flow.metadata.get(CLIENT_KEY_ID)
+        flow.response = replies.json_response(200, body)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._count(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._count(flow)
+
+    async def done(self) -> None:
+        if self._save_task is not None and not self._save_task.done():
+            self._save_task.cancel()
+        self._save()
+
+    def _count(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(COUNTED):
+            return
+        try:
+            outcome = outcome_of(flow)
+            if outcome is None:
+                return
+            flow.metadata[COUNTED] = True
+            route: Route = flow.metadata[ROUTE]
+            exchange = flow.metadata.get(EXCHANGE)
+            key = (
+                flow.metadata.get(CLIENT_KEY_ID) or "",
+                getattr(exchange, "provider", None) or route.provider or "",
+                exchange.member.label if exchange is not None else "",
+                getattr(exchange, "model", None) or route.upstream_model or route.model,
+            )
+            self.book.count(key, outcome)
+            self._schedule_save()
+        except Exception:
+            logger.exception("aiclient-mitm: could not count usage")
+
+    def _schedule_save(self) -> None:
+        if self.path is None or (self._save_task is not None and not self._save_task.done()):
+            return
+        self._save_task = asyncio.get_running_loop().create_task(self._save_later(), name="aiclient-usage-save")
+
+    async def _save_later(self) -> None:
+        await asyncio.sleep(SAVE_DELAY)
+        # Snapshot on the loop (consistent), write from a thread (no blocking I/O on the loop).
+        data = self.book.to_json()
+        await asyncio.to_thread(self._write, data)
+
+    def _save(self) -> None:
+        if self.path is not None:
+            self._write(self.book.to_json())
+
+    def _write(self, data: dict[str, Any]) -> None:
+        assert self.path is not None
+        try:
+            write_json_atomic(self.path, data)
+        except OSError as e:
+            logger.warning("aiclient-mitm: cannot write usage counters to %s: %s", self.path, e)
