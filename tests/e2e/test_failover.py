@@ -7,6 +7,7 @@ hits whichever account the round-robin picks first; /pool shows what happened to
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -196,3 +197,22 @@ def test_a_key_echoed_by_the_upstream_reaches_neither_client_nor_log(gw, fakes):
     assert r.status_code == 400
     assert OPENAI_KEY not in r.text and "[REDACTED]" in r.text
     assert OPENAI_KEY not in gw.log()
+
+
+def test_health_check_recovers_a_cooling_account(fakes, tmp_path):
+    config = failover_config(fakes)
+    config["providers"]["openai-custom"]["health_check"] = {"interval": 1, "model": "probe-model"}
+    config["cooldown"] = {"transient": 600}
+    gw = start_gateway(tmp_path, config)
+    try:
+        fakes.openai.faults.append(Fault(status=500))
+        assert chat(gw).status_code == 200
+        cooling = [label for label, a in pool_of(gw)["openai-custom"].items() if a["state"] == "cooling"]
+        assert len(cooling) == 1
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and pool_of(gw)["openai-custom"][cooling[0]]["state"] != "ready":
+            time.sleep(0.3)
+        assert pool_of(gw)["openai-custom"][cooling[0]]["state"] == "ready"
+        assert any(r.json and r.json.get("model") == "probe-model" for r in fakes.openai.requests)
+    finally:
+        gw.stop()

@@ -328,3 +328,24 @@ def test_throttling_backs_off_and_quota_cools_the_account_until_the_reset(fake, 
     assert later.status_code == 429 and len(fake.chat_requests()) == 3  # not sent: cooling until the reset
     wait = int(later.headers["retry-after"])
     assert wait == pytest.approx(next_quota_reset(time.time()) - time.time(), abs=10)
+
+
+def test_an_idle_gateway_refreshes_tokens_before_they_expire(fake, tmp_path):
+    """No request at all: the pool's background work refreshes a token inside refresh_ahead, so an
+    idle gateway never wakes up with every token expired."""
+    data = fake.token_file(lifetime=120)  # expires in 2 min, refresh_ahead is 15 min
+    creds = write_creds(tmp_path / "oauth_creds.json", data)
+    fake.clear()
+    fake.refresh_grants = 0
+    gw = start_gateway(tmp_path / "gw", qwen_config(fake, creds, base_url=f"{fake.url}/v1"))
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and json.loads(creds.read_text())["access_token"] == data["access_token"]:
+            time.sleep(0.2)
+    finally:
+        gw.stop()
+    saved = json.loads(creds.read_text())
+    assert saved["access_token"] != data["access_token"]
+    assert saved["expiry_date"] > data["expiry_date"]
+    assert fake.refresh_grants == 1
+    assert fake.chat_requests() == []
