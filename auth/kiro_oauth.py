@@ -22,9 +22,7 @@ import binascii
 import hashlib
 import json
 import logging
-import os
 import re
-import secrets
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -34,6 +32,7 @@ from typing import Any
 import httpx
 
 from auth.credentials import AuthContext, CredentialError
+from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -210,20 +209,7 @@ class TokenStore:
 
     def save(self, raw: dict[str, Any]) -> None:
         """Atomic replace with mode 0600 (a reader never sees half a file)."""
-        data = (json.dumps(raw, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        target = self.path.resolve()  # through a symlink: replace the file, keep the link
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_json_atomic(self.path, raw, indent=2)
         self._stamp = self._stat()
 
 

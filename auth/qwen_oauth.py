@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from auth.credentials import AuthContext, CredentialError
+from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -102,24 +103,8 @@ def read_token_file(path: Path) -> dict[str, Any]:
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic replace with mode 0600: a temp file in the same folder, fsync, os.replace. Symlinks
-    are followed, so a linked token file stays linked."""
-    target = path.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    payload = json.dumps(data, indent=2, ensure_ascii=False).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Atomic replace with mode 0600 in qwen-code's own layout (2-space indent)."""
+    write_json_atomic(path, data, indent=2)
 
 
 # -- the refusal marker ----------------------------------------------------------------------------

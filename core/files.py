@@ -1,4 +1,4 @@
-"""Small file helpers shared by everything that persists state."""
+"""Small file helpers shared by everything that persists state or credentials."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
-    """Write JSON so a reader (or a crash) never sees half a file: temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def write_json_atomic(path: Path, data: Any, mode: int = 0o600, indent: int | None = 1) -> None:
+    """Write JSON so a reader (or a crash) never sees half a file: temp file in the same folder,
+    fsync, rename. A symlinked file is replaced where it points, so the link stays a link."""
+    target = path.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1, sort_keys=True)
+            json.dump(data, f, ensure_ascii=False, indent=indent)
+            f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -32,12 +32,15 @@ def _common_headers(stream: bool) -> dict[str, str]:
 
 
 class _ApiKeyAdapter:
+    """The shared shape: one URL under the base, the key in a header, the body as rendered."""
+
     id = ""
     dialect = ""
     default_base_url = ""
     default_models: tuple[str, ...] = ()
     accepts_image_urls = True
     wraps_responses = False
+    path = ""
 
     def credential(
         self, provider: Provider, account: Account, *, label: str = "", state_dir: Path | None = None
@@ -47,13 +50,6 @@ class _ApiKeyAdapter:
     def classify_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamFailure:
         return classify_http_error(status, extract_message(body), headers)
 
-
-class OpenAICustom(_ApiKeyAdapter):
-    id = "openai-custom"
-    dialect = "openai_chat"
-    default_base_url = "https://api.openai.com/v1"
-    default_models = ("gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini", "o4-mini")
-
     def build(
         self,
         provider: Provider,
@@ -66,8 +62,22 @@ class OpenAICustom(_ApiKeyAdapter):
         client_headers: Mapping[str, str],
     ) -> UpstreamRequest:
         headers = _common_headers(stream)
-        headers["authorization"] = f"Bearer {auth.token}"
-        return UpstreamRequest(f"{_base(provider, self.default_base_url)}/chat/completions", headers, _encode(body))
+        headers.update(self.auth_headers(provider, auth.token, client_headers))
+        return UpstreamRequest(self.url(_base(provider, self.default_base_url)), headers, _encode(body))
+
+    def url(self, base: str) -> str:
+        return base + self.path
+
+    def auth_headers(self, provider: Provider, key: str, client_headers: Mapping[str, str]) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
+
+
+class OpenAICustom(_ApiKeyAdapter):
+    id = "openai-custom"
+    dialect = "openai_chat"
+    default_base_url = "https://api.openai.com/v1"
+    default_models = ("gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini", "o4-mini")
+    path = "/chat/completions"
 
 
 class OpenAIResponsesCustom(_ApiKeyAdapter):
@@ -75,21 +85,7 @@ class OpenAIResponsesCustom(_ApiKeyAdapter):
     dialect = "openai_responses"
     default_base_url = "https://api.openai.com/v1"
     default_models = ("gpt-4.1", "gpt-4.1-mini", "o4-mini", "gpt-5", "gpt-5-mini")
-
-    def build(
-        self,
-        provider: Provider,
-        auth: AuthContext,
-        body: dict[str, Any],
-        *,
-        request: ir.Request,
-        model: str,
-        stream: bool,
-        client_headers: Mapping[str, str],
-    ) -> UpstreamRequest:
-        headers = _common_headers(stream)
-        headers["authorization"] = f"Bearer {auth.token}"
-        return UpstreamRequest(f"{_base(provider, self.default_base_url)}/responses", headers, _encode(body))
+    path = "/responses"
 
 
 class ClaudeCustom(_ApiKeyAdapter):
@@ -99,28 +95,14 @@ class ClaudeCustom(_ApiKeyAdapter):
     default_models = ("claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5")
     anthropic_version = "2023-06-01"
 
-    def build(
-        self,
-        provider: Provider,
-        auth: AuthContext,
-        body: dict[str, Any],
-        *,
-        request: ir.Request,
-        model: str,
-        stream: bool,
-        client_headers: Mapping[str, str],
-    ) -> UpstreamRequest:
-        base = _base(provider, self.default_base_url)
+    def url(self, base: str) -> str:
         # Accept a base URL with or without /v1 (a peer breaks on exactly this).
-        url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
-        headers = _common_headers(stream)
-        key = auth.token
-        if provider.auth_header == "bearer":
-            headers["authorization"] = f"Bearer {key}"
-        else:
-            headers["x-api-key"] = key
+        return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+
+    def auth_headers(self, provider: Provider, key: str, client_headers: Mapping[str, str]) -> dict[str, str]:
+        headers = {"authorization": f"Bearer {key}"} if provider.auth_header == "bearer" else {"x-api-key": key}
         headers["anthropic-version"] = client_headers.get("anthropic-version") or self.anthropic_version
         beta = client_headers.get("anthropic-beta")
         if beta:
             headers["anthropic-beta"] = beta
-        return UpstreamRequest(url, headers, _encode(body))
+        return headers
