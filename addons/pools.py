@@ -25,7 +25,7 @@ from auth.credentials import CredentialError
 from auth.pool import AccountPool, CooldownRules, PoolAccount
 from core.files import read_json, write_json_atomic
 from providers import ADAPTERS
-from translators import get_codec, ir
+from translators import ir
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class Pools:
         req = ir.Request(model=model, messages=[ir.Message("user", [ir.TextPart("Hi")])], max_tokens=1)
         try:
             auth = await acct.credential.auth()
-            body = get_codec(adapter.dialect).render_request(req, model) if adapter.dialect != "kiro" else {}
+            body = adapter.render(provider, req, model)
             up = adapter.build(provider, auth, body, request=req, model=model, stream=False, client_headers={})
             timeout = httpx.Timeout(30.0, connect=provider.connect_timeout)
             async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:

@@ -274,10 +274,7 @@ class Upstream:
             if "model" in body or adapter.dialect != "gemini":
                 body["model"] = model
             return body
-        render = getattr(adapter, "render", None)
-        if render is not None:  # adapters with their own request format (Kiro)
-            return render(self.gateway.config.providers[adapter.id], route.request, model)
-        return get_codec(adapter.dialect).render_request(route.request, model)
+        return adapter.render(self.gateway.config.providers[adapter.id], route.request, model)
 
     def _build(self, client_headers, route: Route, exchange: Exchange, auth: AuthContext) -> UpstreamRequest:
         return exchange.adapter.build(

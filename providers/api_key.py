@@ -9,7 +9,7 @@ from typing import Any
 
 from auth.credentials import AuthContext, Credential, StaticKey
 from core.config import Account, Provider
-from providers.base import UpstreamFailure, UpstreamRequest, classify_http_error
+from providers.base import UpstreamFailure, UpstreamRequest, classify_http_error, render_with_codec
 from translators import ir
 from translators.errors import extract_message
 
@@ -49,6 +49,9 @@ class _ApiKeyAdapter:
 
     def classify_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamFailure:
         return classify_http_error(status, extract_message(body), headers)
+
+    def render(self, provider: Provider, request: ir.Request, model: str) -> dict[str, Any]:
+        return render_with_codec(self.dialect, request, model)
 
     def build(
         self,

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from auth.credentials import AuthContext, Credential
 from core.config import Account, Provider
-from translators import ir
+from translators import get_codec, ir
 from translators.base import StreamDecoder
 
 
@@ -42,6 +42,10 @@ class ProviderAdapter(Protocol):
         """The account's credential; raises auth.credentials.CredentialError saying why it is unusable.
         `label` names the account in messages; `state_dir` keeps what the account discovered
         (e.g. its Code Assist project) across restarts."""
+        ...
+
+    def render(self, provider: Provider, request: ir.Request, model: str) -> dict[str, Any]:
+        """IR -> the upstream's request body (raises TranslationError for what it cannot take)."""
         ...
 
     def build(
@@ -107,3 +111,8 @@ def classify_http_error(status: int, message: str, headers: Mapping[str, str]) -
     if status in (400, 413, 422):
         return UpstreamFailure("bad_request", message)
     return UpstreamFailure("transient", message, retry_after)
+
+
+def render_with_codec(dialect: str, request: ir.Request, model: str) -> dict[str, Any]:
+    """render() of every adapter whose upstream speaks a client dialect."""
+    return get_codec(dialect).render_request(request, model)

@@ -26,7 +26,7 @@ from auth.google_oauth import (
     read_token_file,
 )
 from core.config import Account, Provider
-from providers.base import UpstreamFailure, UpstreamRequest, parse_retry_after
+from providers.base import UpstreamFailure, UpstreamRequest, parse_retry_after, render_with_codec
 from translators import ir
 from translators.errors import extract_message
 from translators.gemini import wrap_code_assist
@@ -183,6 +183,9 @@ class GeminiCli:
             project_source="config" if account.project_id else "discovered",
             resolve_project=discovery,
         )
+
+    def render(self, provider: Provider, request: ir.Request, model: str) -> dict[str, Any]:
+        return render_with_codec(self.dialect, request, model)
 
     def build(
         self,

@@ -19,7 +19,7 @@ from typing import Any
 from auth.credentials import AuthContext, Credential, CredentialError
 from auth.qwen_oauth import DEFAULT_TOKEN_URL, QwenOAuthCredential, credentials_path, user_agent
 from core.config import Account, Provider
-from providers.base import UpstreamFailure, UpstreamRequest, classify_http_error, parse_retry_after
+from providers.base import UpstreamFailure, UpstreamRequest, classify_http_error, parse_retry_after, render_with_codec
 from translators import get_codec, ir
 from translators.base import StreamDecoder
 from translators.errors import extract_message
@@ -155,6 +155,9 @@ class Qwen:
             return str(provider.base_url).rstrip("/")
         resource = auth.extra.get("resource_url")
         return resource_base_url(resource) if resource else self.default_base_url
+
+    def render(self, provider: Provider, request: ir.Request, model: str) -> dict[str, Any]:
+        return render_with_codec(self.dialect, request, model)
 
     def build(
         self,
