@@ -392,7 +392,13 @@ class Upstream:
                 return http.Response.make(200, body, self._stream_headers(route))
         else:
             exchange.response = get_codec(exchange.adapter.dialect).parse_response(json.loads(content))
-        client_body = get_codec(route.dialect).render_response(exchange.response, route.model)
+        codec = get_codec(route.dialect)
+        if route.dialect == "openai_responses":
+            # Only the request knows which tools were freeform (custom) ones: their calls go back
+            # as custom_tool_call items, which Codex needs to run apply_patch.
+            client_body = codec.render_response(exchange.response, route.model, custom_tools=_custom_tools(route))
+        else:
+            client_body = codec.render_response(exchange.response, route.model)
         return replies.json_response(200, client_body)
 
     def _upstream_error(
@@ -501,6 +507,7 @@ class Upstream:
             include_usage=route.request.include_usage if route.request else False,
             gemini_mode=route.gemini_mode,
             tool_name_map=up.tool_name_map if up is not None else None,
+            custom_tools=_custom_tools(route),
         )
 
     def _transcoder(self, route: Route, exchange: Exchange) -> StreamTranscoder | StreamRelay:
@@ -580,3 +587,7 @@ class Upstream:
             message = flow.error.msg if flow.error else "connection failed"
             exchange.note("connection error")
             self._report(exchange, UpstreamFailure("transient", message))
+
+
+def _custom_tools(route: Route) -> frozenset[str]:
+    return frozenset(t.name for t in route.request.tools if t.kind == "custom") if route.request else frozenset()

@@ -31,6 +31,9 @@ class EncoderOptions:
     gemini_mode: str = "sse"
     # Tool names the gateway renamed for the upstream (e.g. Kiro's 64-char cap): upstream -> client.
     tool_name_map: dict[str, str] | None = None
+    # Responses clients: names of their freeform (custom) tools, whose calls go back as
+    # custom_tool_call items rather than function calls.
+    custom_tools: frozenset[str] = frozenset()
     # Fixed id / creation time (golden vectors); empty/0 = take the upstream's id / now.
     response_id: str = ""
     created: int = 0

@@ -973,7 +973,7 @@ class OpenAIResponsesCodec:
         return ResponsesDecoder()
 
     def encoder(self, opts: EncoderOptions, *, custom_tools: Collection[str] = ()) -> ResponsesEncoder:
-        return ResponsesEncoder(opts, custom_tools)
+        return ResponsesEncoder(opts, custom_tools or opts.custom_tools)
 
     def error_body(self, status: int, message: str, code: str | None = None) -> dict[str, Any]:
         return openai_error(status, message, code)

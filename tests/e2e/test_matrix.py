@@ -111,3 +111,16 @@ def test_thinking_reaches_the_client(gateway, fakes, client_dialect, provider, s
     thinking, text = thinking_of(client_dialect, gateway.url, provider, stream)
     assert thinking == "Let me think about this."
     assert text == "Hello! You said: hi there"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize("provider", ["openai-custom", "claude-custom"])
+def test_responses_custom_tool_call_comes_back_as_custom(gateway, fakes, provider, stream):
+    """Codex's freeform tools (apply_patch) travel as a one-string function upstream and must come
+    back as custom_tool_call items, or Codex will not run them."""
+    driver = ResponsesDriver(gateway.url, provider)
+    tools = [{"type": "custom", "name": "apply_patch", "description": "Apply a patch"}]
+    resp = driver.ask([{"role": "user", "content": "use the tool"}], stream, tools)
+    calls = [o for o in resp.output if o.type in ("custom_tool_call", "function_call")]
+    assert [(c.type, c.name) for c in calls] == [("custom_tool_call", "apply_patch")]
+    assert isinstance(calls[0].input, str)
