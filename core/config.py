@@ -88,7 +88,9 @@ class Provider(_Strict):
     models: list[str] = Field(default_factory=list)
     # claude-custom only: some relays want `Authorization: Bearer` instead of `x-api-key`.
     auth_header: Literal["x-api-key", "bearer"] = "x-api-key"
-    # Seconds to wait for the upstream's TCP/TLS connect, and between bytes of a response.
+    # Seconds to wait for the upstream's TCP/TLS connect, and between bytes of an answer the gateway
+    # reads itself (unary answers, retried streams). Relayed streams are mitmproxy's: it closes a
+    # connection after 10 minutes without traffic.
     connect_timeout: Annotated[float, Field(gt=0)] = 10.0
     read_timeout: Annotated[float, Field(gt=0)] = 300.0
     # OAuth providers: where tokens are refreshed (None = the provider's documented default;
