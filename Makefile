@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONFIG ?= config.yaml
 
-.PHONY: install install-test run test lint clean
+.PHONY: install install-test run test lint bench clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ test: install-test
 
 lint: install-test
 	$(VENV)/bin/ruff check .
+
+# A benchmark, not a test (CI does not run it): the gateway's own cost next to mitmproxy's floor,
+# written to bench/results/latest.md. The HAProxy scale run needs haproxy (`python -m bench --scale`
+# installs it with apt-get); without it, that part is skipped and the report says why.
+bench: install-test
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV)

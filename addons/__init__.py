@@ -7,6 +7,7 @@ from addons.config_loader import ConfigLoader
 from addons.context import Gateway
 from addons.flow_inspect import Inspect
 from addons.kiro_view import KiroView
+from addons.lean import Lean
 from addons.local_api import LocalApi
 from addons.pools import Pools
 from addons.router import Router
@@ -23,6 +24,7 @@ def chain() -> list[object]:
 
     gateway = Gateway()
     return [
+        Lean(),
         ConfigLoader(gateway),
         ClientAuth(gateway),
         Router(gateway),

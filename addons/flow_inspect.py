@@ -192,13 +192,16 @@ class Inspect:
         # Whether flows outlive their hooks (mitmweb/console keep them, -w saves them); under plain
         # mitmdump a copy of every stream and a frozen summary would be waste.
         self.keep_flows = False
+        # Whether anything shows this flow at all (kept, saved, or printed by mitmdump's dumper);
+        # under `mitmdump -q` comments and masking are work nobody reads.
+        self.annotate = True
 
     def load(self, loader: Any) -> None:
         if contentviews.get(self.view.name) is None:
             contentviews.add(self.view)
 
     def configure(self, updated: set[str]) -> None:
-        if "save_stream_file" in updated:
+        if "save_stream_file" in updated or "flow_detail" in updated:
             self._decide()
 
     def running(self) -> None:
@@ -207,13 +210,15 @@ class Inspect:
     def _decide(self) -> None:
         viewer = ctx.master.addons.get("view") is not None
         self.keep_flows = viewer or bool(getattr(ctx.options, "save_stream_file", None))
+        self.annotate = self.keep_flows or getattr(ctx.options, "flow_detail", 1) > 0
 
     def done(self) -> None:
         if self.view in contentviews.views:
             contentviews.remove(self.view)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        self._comment(flow)
+        if self.annotate:
+            self._comment(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         limit = int(self.gateway.config.inspect.stream_body_max)
@@ -221,7 +226,8 @@ class Inspect:
         if self.keep_flows and limit > 0 and transcoder is not None and hasattr(transcoder, "tap"):
             transcoder.tap = bytearray()
             transcoder.tap_limit = limit
-        self._comment(flow)
+        if self.annotate:
+            self._comment(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
@@ -230,6 +236,8 @@ class Inspect:
         self._finish(flow)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
+        if not self.annotate:
+            return
         try:
             exchange = flow.metadata.get(EXCHANGE)
             if exchange is not None and getattr(exchange, "relayed", False):

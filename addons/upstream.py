@@ -3,9 +3,9 @@ from another account or a fallback provider/model when one fails before any byte
 the client.
 
 Two paths, chosen by what mitmproxy can and cannot do:
-- unary requests are sent with the gateway's own pooled httpx client from the `request` hook;
-  that keeps keep-alive connections across clients and lets every failure (connect errors
-  included) be retried elsewhere or answered in the caller's dialect;
+- unary requests are sent with the gateway's own pooled HTTP/1.1 client (core/http1.py) from
+  the `request` hook; that keeps keep-alive connections across clients and lets every failure
+  (connect errors included) be retried elsewhere or answered in the caller's dialect;
 - streamed requests are re-targeted so mitmproxy relays the upstream body chunk by chunk
   through a stream callable installed at `responseheaders`. mitmproxy answers a failed connect
   with its own HTML page, so the upstream is first reached with a TCP probe. An error status
@@ -35,6 +35,7 @@ from auth.credentials import AuthContext, CredentialError
 from auth.pool import AccountPool, AllCoolingDown, NoUsableAccount, PoolAccount
 from auth.rate_limit import request_limits
 from core.config import Provider
+from core.http1 import Http1Client, HttpError
 from providers import ADAPTERS, ProviderAdapter, UpstreamRequest
 from providers.base import UpstreamFailure
 from translators import errors, get_codec, ir
@@ -117,7 +118,8 @@ class _Unavailable:
 class Upstream:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx.AsyncClient | None = None  # remote images to inline (addons/images.py)
+        self._http1 = Http1Client()  # unary upstream requests: the hot path
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -129,6 +131,7 @@ class Upstream:
         return self._client
 
     async def done(self) -> None:
+        await self._http1.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -339,10 +342,11 @@ class Upstream:
         up = exchange.request
         assert up is not None
         cfg = exchange.config
-        timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout)
         try:
-            r = await self.client().post(up.url, headers=up.headers, content=up.body, timeout=timeout)
-        except httpx.TransportError as e:
+            r = await self._http1.post(
+                up.url, up.headers, up.body, connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout
+            )
+        except HttpError as e:
             exchange.note(type(e).__name__)
             message = f"upstream {exchange.provider} unreachable: {type(e).__name__}: {e}"
             return replies.error_response(route.dialect, 502, message), UpstreamFailure("transient", message)
@@ -487,7 +491,11 @@ class Upstream:
             resp.headers["cache-control"] = "no-cache"
             resp.headers.update(replies.CORS_HEADERS)
         else:
-            resp.headers = http.Headers(**{k.replace("-", "_"): v for k, v in self._stream_headers(route).items()})
+            headers = self._stream_headers(route)
+            if flow.request.http_version == "HTTP/1.1":
+                # Without a framing header mitmproxy ends the body by closing the client's connection.
+                headers["transfer-encoding"] = "chunked"
+            resp.headers = http.Headers(**{k.replace("-", "_"): v for k, v in headers.items()})
 
     def _stream_headers(self, route: Route) -> dict[str, str]:
         json_mode = route.dialect == "gemini" and route.gemini_mode == "json"

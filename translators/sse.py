@@ -72,9 +72,13 @@ class SseParser:
         # id / retry / unknown fields are irrelevant to the gateway
 
 
+# One encoder for every event: json.dumps with non-default arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON with non-ASCII kept as is (what the real APIs send)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(obj)
 
 
 def data_event(obj: Any) -> str:

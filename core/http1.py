@@ -1,0 +1,182 @@
+"""A small pooled HTTP/1.1 client (asyncio streams + h11) for the unary upstream requests.
+
+Why not httpx on this path: one httpx request costs more CPU than mitmproxy's whole request
+(bench/README.md): its connection pool looks at every pooled connection on every request, and
+its cookie jar, auth/redirect layers and trace logging run each time. An upstream call needs
+none of it: one POST with a JSON body, keep-alive, TLS with the CA bundle httpx would use, no
+redirects, no cookies, no proxies. h11 (already pinned for mitmproxy) does the parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import ssl
+import urllib.parse
+from collections import deque
+from dataclasses import dataclass
+
+import certifi
+import h11
+
+MAX_BODY = 64 * 1024 * 1024
+_READ = 65536
+
+
+class HttpError(Exception):
+    """The exchange failed before a whole response arrived; the class name says how."""
+
+
+class ConnectError(HttpError):
+    pass
+
+
+class ConnectTimeout(HttpError):
+    pass
+
+
+class ReadTimeout(HttpError):
+    pass
+
+
+class RemoteProtocolError(HttpError):
+    pass
+
+
+@dataclass(slots=True)
+class Response:
+    status_code: int
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    content: bytes
+
+
+class _Conn:
+    __slots__ = ("h11", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    def usable(self) -> bool:
+        if self.reader.at_eof() or self.writer.is_closing() or self.h11.our_state is not h11.IDLE:
+            return False
+        # The server may have closed it (FIN) before the event loop noticed: an idle connection with
+        # anything to read is closed or broken, so it is not reused.
+        sock = self.writer.get_extra_info("socket")
+        try:
+            return sock is None or not select.select([sock], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _tls_context() -> ssl.SSLContext:
+    """The CA bundle httpx and mitmproxy verify against (certifi is a dependency of both)."""
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+class Http1Client:
+    def __init__(self, max_idle_per_host: int = 64, tls_context: ssl.SSLContext | None = None) -> None:
+        self.max_idle_per_host = max_idle_per_host
+        self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
+        self._tls = tls_context
+
+    async def post(
+        self, url: str, headers: dict[str, str], body: bytes, *, connect_timeout: float, read_timeout: float
+    ) -> Response:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConnectError(f"unsupported URL {parts.scheme}://{parts.hostname or ''}")
+        key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        fields = [("host", parts.netloc.rpartition("@")[2]), ("content-length", str(len(body)))]
+        fields += [(k, v) for k, v in headers.items() if k.lower() not in ("host", "content-length")]
+        request = h11.Request(method="POST", target=target, headers=fields)
+        # An idle connection the server closed is never taken (see _Conn.usable); a failure on a
+        # taken one is a failure of this request (the caller fails over, as with any other).
+        conn = self._take(key) or await self._connect(key, connect_timeout)
+        try:
+            response = await self._exchange(conn, request, body, read_timeout)
+        except BaseException:
+            conn.close()
+            raise
+        self._give_back(key, conn)
+        return response
+
+    async def aclose(self) -> None:
+        for pool in self._idle.values():
+            for conn in pool:
+                conn.close()
+        self._idle.clear()
+
+    def _take(self, key: tuple[str, str, int]) -> _Conn | None:
+        pool = self._idle.get(key)
+        while pool:
+            conn = pool.pop()
+            if conn.usable():
+                return conn
+            conn.close()
+        return None
+
+    def _give_back(self, key: tuple[str, str, int], conn: _Conn) -> None:
+        c = conn.h11
+        if c.our_state is h11.DONE and c.their_state is h11.DONE:
+            c.start_next_cycle()
+            pool = self._idle.setdefault(key, deque())
+            if len(pool) < self.max_idle_per_host:
+                pool.append(conn)
+                return
+        conn.close()
+
+    async def _connect(self, key: tuple[str, str, int], timeout: float) -> _Conn:
+        scheme, host, port = key
+        tls = None
+        if scheme == "https":
+            tls = self._tls = self._tls or _tls_context()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=tls), timeout)
+        except TimeoutError:
+            raise ConnectTimeout(f"connecting to {host}:{port} took longer than {timeout:g} s") from None
+        except OSError as e:
+            raise ConnectError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+        return _Conn(reader, writer)
+
+    async def _exchange(self, conn: _Conn, request: h11.Request, body: bytes, timeout: float) -> Response:
+        c = conn.h11
+        status = 0
+        headers: dict[str, str] = {}
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            conn.writer.write(c.send(request) + c.send(h11.Data(data=body)) + c.send(h11.EndOfMessage()))
+            await conn.writer.drain()
+            while True:
+                event = c.next_event()
+                if event is h11.NEED_DATA:
+                    async with asyncio.timeout(timeout):
+                        data = await conn.reader.read(_READ)
+                    c.receive_data(data)
+                elif type(event) is h11.Response:
+                    status = event.status_code
+                    for name, value in event.headers:
+                        k, v = name.decode("latin-1"), value.decode("latin-1")
+                        headers[k] = f"{headers[k]}, {v}" if k in headers else v
+                elif type(event) is h11.Data:
+                    size += len(event.data)
+                    if size > MAX_BODY:
+                        raise RemoteProtocolError(f"response body larger than {MAX_BODY} bytes")
+                    chunks.append(bytes(event.data))
+                elif type(event) is h11.EndOfMessage:
+                    return Response(status, headers, b"".join(chunks))
+                elif type(event) is h11.ConnectionClosed:
+                    raise RemoteProtocolError("the server closed the connection before the end of the response")
+                # InformationalResponse (1xx): wait for the final one
+        except TimeoutError:
+            raise ReadTimeout(f"no data for {timeout:g} s") from None
+        except ConnectionError as e:
+            raise RemoteProtocolError(f"connection lost: {e}") from None
+        except h11.ProtocolError as e:
+            raise RemoteProtocolError(f"malformed response: {e}") from None
