@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from mitmproxy import http
+from tenacity import wait_exponential_jitter
 
 from addons import replies
 from addons.context import EXCHANGE, ROUTE, Gateway, Route
@@ -95,6 +95,13 @@ class Exchange:
         if not self.released:
             self.released = True
             self.pool.release(self.member)
+
+
+@dataclass(slots=True)
+class _Round:
+    """What tenacity's wait strategies read from a retry state."""
+
+    attempt_number: int
 
 
 class _SkipAccount(Exception):
@@ -198,12 +205,18 @@ class Upstream:
         waited = 0.0
         for round_no in range(retry.max_attempts):
             pick = self._pick(route, tried)
+            if isinstance(pick, _Unavailable) and tried:
+                # Accounts that failed in this request are tried again only after their cooldown,
+                # when it ends within retry.max_wait (a short Retry-After on a single account).
+                pick = self._pick(route, set())
             if isinstance(pick, _Unavailable):
                 wait = pick.retry_after
                 if wait is None or waited + wait > retry.max_wait or round_no == retry.max_attempts - 1:
                     return last or self._unavailable(route, pick)
-                # Every account is cooling but one frees up soon: wait for it (with jitter).
-                pause = wait + random.uniform(0, retry.backoff_base * 2**round_no) * 0.1
+                # Every account is cooling but one frees up within max_wait: back off (exponential with
+                # jitter, never less than the upstream's Retry-After), then try again.
+                backoff = wait_exponential_jitter(initial=retry.backoff_base, max=retry.max_wait)
+                pause = min(max(wait, backoff(_Round(round_no + 1))), retry.max_wait - waited)
                 waited += pause
                 await asyncio.sleep(pause)
                 continue

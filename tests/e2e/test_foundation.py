@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import CLAUDE_KEY, CLIENT_KEY, OPENAI_KEY, RESPONSES_KEY
+from tests.conftest import CLAUDE_KEY, CLIENT_KEY, OPENAI_KEY, RESPONSES_KEY, api_key_providers
 from tests.fakes.server import Fault
 from tests.gateway import start_gateway
 
@@ -286,14 +286,27 @@ def test_unreachable_upstream_is_502_in_dialect(tmp_path, fakes):
         gw.stop()
 
 
-def test_upstream_error_is_translated_with_its_message(gateway, fakes):
-    fakes.openai.faults.append(
-        Fault(status=429, body={"error": {"message": "slow down", "type": "rate_limit"}}, headers={"retry-after": "7"})
-    )
-    with pytest.raises(openai.RateLimitError) as e:
-        oa(gateway).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
-    assert "slow down" in str(e.value)
-    assert e.value.response.headers["retry-after"] == "7"
+def test_upstream_error_is_translated_with_its_message(tmp_path, fakes):
+    """With no time to wait for the cooling account (retry.max_wait 0), the upstream's 429 is the answer."""
+    config = {
+        "api_keys": [CLIENT_KEY],
+        "default_provider": "openai-custom",
+        "providers": api_key_providers(fakes),
+        "retry": {"max_wait": 0},
+    }
+    gw = start_gateway(tmp_path, config)
+    try:
+        fakes.openai.faults.append(
+            Fault(
+                status=429, body={"error": {"message": "slow down", "type": "rate_limit"}}, headers={"retry-after": "7"}
+            )
+        )
+        with pytest.raises(openai.RateLimitError) as e:
+            oa(gw).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        assert "slow down" in str(e.value)
+        assert e.value.response.headers["retry-after"] == "7"
+    finally:
+        gw.stop()
 
 
 def test_account_without_key_gives_503_naming_why(tmp_path, fakes):

@@ -352,12 +352,9 @@ def test_rate_limit_delay_and_spent_quota_reach_the_pool(tmp_path):
         try:
             driver = ChatDriver(gw.url, PID)
             fake.faults.append(Fault(status=429, body=rate_limit_error("1s")))
-            with pytest.raises(openai.RateLimitError) as e:
-                driver.text("hi there", False)
-            assert "Please retry in 1s" in str(e.value)
             started = time.monotonic()
             assert driver.text("hi there", False) == "Hello! You said: hi there"
-            assert time.monotonic() - started >= 0.8  # the gateway waited out RetryInfo's delay first
+            assert time.monotonic() - started >= 0.9  # the gateway waited out RetryInfo's delay, then resent
             assert len(generate_calls(fake)) == 2
             fake.faults.append(Fault(status=429, body=quota_exhausted_error("4h30m")))
             with pytest.raises(openai.RateLimitError) as e:

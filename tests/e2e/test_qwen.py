@@ -310,13 +310,10 @@ def test_throttling_backs_off_and_quota_cools_the_account_until_the_reset(fake, 
     gw = start_gateway(tmp_path / "gw", qwen_config(fake, creds, base_url=f"{fake.url}/v1"))
     try:
         fake.faults.append(Fault(status=429, body=THROTTLE_ERROR, headers={"retry-after": "1"}))
-        throttled = chat(gw)
-        assert throttled.status_code == 429 and throttled.headers["retry-after"] == "1"
-        assert "Requests throttling triggered." in throttled.json()["error"]["message"]
         started = time.monotonic()
         after = chat(gw)  # the only account cools 1 s: the gateway waits for it instead of failing
         assert after.status_code == 200 and len(fake.chat_requests()) == 2
-        assert time.monotonic() - started >= 0.5
+        assert time.monotonic() - started >= 0.9
         fake.faults.append(Fault(status=429, body=QUOTA_ERROR))
         quota = chat(gw)
         later = chat(gw)
