@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from translators.ir import Event, Request, Response
+from translators.ir import Event, Request, Response, StreamError
 
 
 class TranslationError(ValueError):
@@ -94,3 +94,39 @@ class Codec(Protocol):
     def error_message(self, body: bytes) -> str:
         """The human message inside an upstream error body of this dialect (best effort)."""
         ...
+
+
+class SafeEncoder:
+    """The feed/close plumbing of an SSE client encoder: events are handled one at a time until the
+    stream is terminated, a bug in a handler becomes the dialect's in-band error instead of an
+    exception into the proxy, and close() terminates a stream that is still open."""
+
+    _done: bool
+
+    def feed(self, events: list[Event]) -> bytes:
+        out: list[str] = []
+        try:
+            for ev in events:
+                if self._done:
+                    break
+                self._event(ev, out)
+        except Exception as exc:  # the contract: an encoder never raises into the proxy
+            self._abort(StreamError(f"stream translation failed: {exc!r}", 500), out)
+        return "".join(out).encode("utf-8", "replace")
+
+    def close(self) -> bytes:
+        out: list[str] = []
+        if not self._done:
+            self._end(out)
+        return "".join(out).encode("utf-8", "replace")
+
+    def _event(self, ev: Event, out: list[str]) -> None:
+        raise NotImplementedError
+
+    def _abort(self, error: StreamError, out: list[str]) -> None:
+        """Emit the in-band error and terminate."""
+        raise NotImplementedError
+
+    def _end(self, out: list[str]) -> None:
+        """Terminate an open stream grammatically (close() without a Finish)."""
+        raise NotImplementedError

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from translators import ir
-from translators.base import EncoderOptions, TranslationError
+from translators.base import EncoderOptions, SafeEncoder, TranslationError
 from translators.errors import extract_message, openai_error
 from translators.signatures import decode_tool_call_id, encode_tool_call_id
 from translators.sse import SseParser, data_event, dumps
@@ -404,10 +404,10 @@ def _messages(raw: Any) -> tuple[list[ir.TextPart], list[ir.Message]]:
 # Rendering helpers
 
 
-def _render_part(part: ir.TextPart | ir.ImagePart) -> dict[str, Any]:
+def _render_part(part: ir.TextPart | ir.ImagePart, cache: bool = True) -> dict[str, Any]:
     if isinstance(part, ir.TextPart):
         out: dict[str, Any] = {"type": "text", "text": part.text}
-        if part.cache_control is not None:
+        if cache and part.cache_control is not None:
             out["cache_control"] = part.cache_control
         return out
     img: dict[str, Any] = {"url": image_url(part)}
@@ -416,29 +416,30 @@ def _render_part(part: ir.TextPart | ir.ImagePart) -> dict[str, Any]:
     return {"type": "image_url", "image_url": img}
 
 
-def _render_content(parts: list[ir.TextPart | ir.ImagePart]) -> str | list[dict[str, Any]]:
+def _render_content(parts: list[ir.TextPart | ir.ImagePart], cache: bool = True) -> str | list[dict[str, Any]]:
     """A lone plain text part goes out as a string (what most clients send); anything else as parts."""
     if not parts:
         return ""
-    if len(parts) == 1 and isinstance(parts[0], ir.TextPart) and parts[0].cache_control is None:
+    if len(parts) == 1 and isinstance(parts[0], ir.TextPart) and (not cache or parts[0].cache_control is None):
         return parts[0].text
-    return [_render_part(p) for p in parts]
+    return [_render_part(p, cache) for p in parts]
 
 
-def _render_user(msg: ir.Message) -> list[dict[str, Any]]:
+def render_user(msg: ir.Message, cache: bool = True) -> list[dict[str, Any]]:
     """Tool results become `tool` messages first (Chat wants them right after the calls); images in
-    results, which `tool` messages cannot hold, move into the user message that follows."""
+    results, which `tool` messages cannot hold, move into the user message that follows. `cache`
+    keeps Claude-style cache markers (for upstreams; datasets drop them)."""
     out: list[dict[str, Any]] = []
     content: list[ir.TextPart | ir.ImagePart] = []
     for part in msg.parts:
         if isinstance(part, ir.ToolResultPart):
             texts = [p for p in part.content if isinstance(p, ir.TextPart)]
             content.extend(p for p in part.content if isinstance(p, ir.ImagePart))
-            out.append({"role": "tool", "tool_call_id": part.tool_call_id, "content": _render_content(texts)})
+            out.append({"role": "tool", "tool_call_id": part.tool_call_id, "content": _render_content(texts, cache)})
         elif isinstance(part, (ir.TextPart, ir.ImagePart)):
             content.append(part)
     if content or not out:
-        out.append({"role": "user", "content": _render_content(content)})
+        out.append({"role": "user", "content": _render_content(content, cache)})
     return out
 
 
@@ -693,7 +694,7 @@ class ChatDecoder:
         self._done = True
 
 
-class ChatEncoder:
+class ChatEncoder(SafeEncoder):
     """IR events -> client Chat SSE: one id for every chunk, contiguous tool indexes, always [DONE]."""
 
     def __init__(self, opts: EncoderOptions) -> None:
@@ -707,22 +708,11 @@ class ChatEncoder:
         self._calls = 0
         self._usage = ir.Usage()
 
-    def feed(self, events: list[ir.Event]) -> bytes:
-        out: list[str] = []
-        try:
-            for ev in events:
-                if self._done:
-                    break
-                self._event(ev, out)
-        except Exception as exc:  # the contract: an encoder never raises into the proxy
-            self._error(ir.StreamError(f"stream translation failed: {exc!r}", 500), out)
-        return "".join(out).encode("utf-8", "replace")
+    def _abort(self, error: ir.StreamError, out: list[str]) -> None:
+        self._error(error, out)
 
-    def close(self) -> bytes:
-        out: list[str] = []
-        if not self._done:
-            self._finish(ir.Finish(ir.FinishReason.STOP), out)
-        return "".join(out).encode("utf-8", "replace")
+    def _end(self, out: list[str]) -> None:
+        self._finish(ir.Finish(ir.FinishReason.STOP), out)
 
     def _event(self, ev: ir.Event, out: list[str]) -> None:
         if type(ev) is ir.StreamError:
@@ -844,7 +834,7 @@ class OpenAIChatCodec:
                 messages.append({"role": "system", "content": "\n\n".join(p.text for p in req.system)})
         for msg in req.messages:
             if msg.role == "user":
-                messages.extend(_render_user(msg))
+                messages.extend(render_user(msg))
             else:
                 messages.append(_render_assistant(msg))
         body: dict[str, Any] = {"model": model, "messages": messages}

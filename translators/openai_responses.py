@@ -13,7 +13,7 @@ from collections.abc import Collection
 from typing import Any
 
 from translators import ir
-from translators.base import EncoderOptions, TranslationError
+from translators.base import EncoderOptions, SafeEncoder, TranslationError
 from translators.errors import extract_message, openai_error, openai_error_type
 from translators.openai_chat import (
     UNDECODABLE,
@@ -592,7 +592,7 @@ class ResponsesDecoder:
         out.append(ir.Finish(_finish(response.get("status"), response.get("incomplete_details"), bool(self._calls))))
 
 
-class ResponsesEncoder:
+class ResponsesEncoder(SafeEncoder):
     """IR events -> client Responses SSE: one response id, stable item ids, sequence numbers from 0,
     every opened item and part closed, and a terminal response.completed/incomplete/failed."""
 
@@ -612,22 +612,11 @@ class ResponsesEncoder:
         self._call_index = -1  # IR index of the open call
         self._usage = ir.Usage()
 
-    def feed(self, events: list[ir.Event]) -> bytes:
-        out: list[str] = []
-        try:
-            for ev in events:
-                if self._done:
-                    break
-                self._event(ev, out)
-        except Exception as exc:  # the contract: an encoder never raises into the proxy
-            self._fail(ir.StreamError(f"stream translation failed: {exc!r}", 500), out)
-        return "".join(out).encode("utf-8", "replace")
+    def _abort(self, error: ir.StreamError, out: list[str]) -> None:
+        self._fail(error, out)
 
-    def close(self) -> bytes:
-        out: list[str] = []
-        if not self._done:
-            self._finish(ir.FinishReason.STOP, out)
-        return "".join(out).encode("utf-8", "replace")
+    def _end(self, out: list[str]) -> None:
+        self._finish(ir.FinishReason.STOP, out)
 
     def _emit(self, out: list[str], kind: str, **fields: Any) -> None:
         out.append(named_event(kind, {"type": kind, "sequence_number": self._seq, **fields}))
