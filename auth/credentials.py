@@ -7,11 +7,22 @@ account); an API key is the trivial case.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 
 class CredentialError(Exception):
     """The account cannot be used (missing key, unreadable file, refused refresh); says why."""
+
+
+def read_credential_file(path: Path, missing: str) -> str:
+    """A credential file's text; CredentialError with `missing` (what to do) when it is not there."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CredentialError(missing) from None
+    except OSError as e:
+        raise CredentialError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 @dataclass(slots=True, frozen=True)

@@ -33,7 +33,7 @@ from google.auth import exceptions as google_exceptions
 from google.auth import transport as google_transport
 from google.oauth2.credentials import Credentials
 
-from auth.credentials import AuthContext, CredentialError
+from auth.credentials import AuthContext, CredentialError, read_credential_file
 from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -68,13 +68,7 @@ class TokenRejected(CredentialError):
 
 def read_token_file(path: Path) -> dict[str, Any]:
     """The token JSON of a Gemini CLI login; CredentialError says what is wrong and what to do."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CredentialError(f"no credential file at {path}; {_login_hint(path)}") from None
-    except OSError as e:
-        raise CredentialError(f"cannot read {path}: {e.strerror or e}") from None
-    return _token_json(text, str(path))
+    return _token_json(read_credential_file(path, f"no credential file at {path}; {_login_hint(path)}"), str(path))
 
 
 def decode_token_base64(value: str) -> dict[str, Any]:

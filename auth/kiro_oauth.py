@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from auth.credentials import AuthContext, CredentialError
+from auth.credentials import AuthContext, CredentialError, read_credential_file
 from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -107,12 +107,7 @@ def _str(raw: dict[str, Any], key: str) -> str | None:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CredentialError(f"{what} {path} does not exist ({RELOGIN_HINT})") from None
-    except OSError as e:
-        raise CredentialError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    text = read_credential_file(path, f"{what} {path} does not exist ({RELOGIN_HINT})")
     try:
         data = json.loads(text)
     except ValueError:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import html
 import secrets
 import sys
@@ -37,6 +35,7 @@ from auth.google_oauth import (
     TokenRejected,
     id_token_claims,
 )
+from auth.pkce import pkce_pair
 from core.config import Config, ConfigError, load_config
 from core.files import write_json_atomic
 from providers.gemini_cli import OPTIONS, provider_options
@@ -62,9 +61,7 @@ class Pkce:
 
     @classmethod
     def new(cls) -> Pkce:
-        verifier = secrets.token_urlsafe(64)  # 86 chars, inside RFC 7636's 43..128
-        digest = hashlib.sha256(verifier.encode("ascii")).digest()
-        challenge = base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+        verifier, challenge = pkce_pair()
         return cls(verifier, challenge, secrets.token_urlsafe(24))
 
 

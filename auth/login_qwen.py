@@ -9,9 +9,6 @@ at most every 10 s) until the user approves or the code expires, then save the f
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import secrets
 import sys
 import time
 import uuid
@@ -22,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from auth.pkce import pkce_pair
 from auth.qwen_oauth import (
     DEFAULT_CREDENTIALS,
     DEFAULT_TOKEN_URL,
@@ -45,13 +43,6 @@ AVAILABILITY = "Note: Qwen discontinued the Qwen OAuth free tier on 2026-04-15; 
 
 class LoginFailed(Exception):
     """The login cannot finish; the message is for the user."""
-
-
-def pkce_pair() -> tuple[str, str]:
-    """(code_verifier, code_challenge): a 32-byte base64url verifier and its S256 challenge."""
-    verifier = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def _json(r: httpx.Response) -> dict[str, Any]:

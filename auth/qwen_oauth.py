@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from auth.credentials import AuthContext, CredentialError
+from auth.credentials import AuthContext, CredentialError, read_credential_file
 from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -89,12 +89,7 @@ def parse_token_file(data: Any, path: Path) -> dict[str, Any]:
 
 
 def read_token_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CredentialError(f"no Qwen token file at {path}; log in first: python -m auth login qwen") from None
-    except OSError as e:
-        raise CredentialError(f"cannot read Qwen token file {path}: {e.strerror or e}") from None
+    text = read_credential_file(path, f"no Qwen token file at {path}; log in first: python -m auth login qwen")
     try:
         data = json.loads(text)
     except ValueError:

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from auth.credentials import CredentialError
-from auth.login_qwen import DeviceLogin, LoginFailed, pkce_pair, token_file
+from auth.login_qwen import DeviceLogin, LoginFailed, token_file
+from auth.pkce import pkce_pair
 from auth.qwen_oauth import (
     QwenOAuthCredential,
     TokenFileLock,
