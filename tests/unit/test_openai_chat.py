@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from translators import ir
@@ -344,52 +344,8 @@ def accumulate(events: list[ir.Event]) -> ir.Response:
 # ---------------------------------------------------------------------------------------------
 # Golden vectors
 
-CHAT_VECTORS = load_vectors("openai_chat")
-
-
-@pytest.mark.parametrize("vector", CHAT_VECTORS, ids=[v["name"] for v in CHAT_VECTORS])
-def test_vector(vector: dict[str, Any]) -> None:
-    run_vector(codec, vector, named=False)
-
-
-def test_vectors_cover_every_kind() -> None:
-    kinds = {v["kind"] for v in CHAT_VECTORS}
-    assert kinds == {"request", "render_request", "request_error", "response", "render_response", "stream", "encode"}
-
-
-STREAM_VECTORS = [v for v in CHAT_VECTORS if v["kind"] == "stream"]
-
-
-@pytest.mark.parametrize("vector", STREAM_VECTORS, ids=[v["name"] for v in STREAM_VECTORS])
-def test_stream_one_byte_pieces(vector: dict[str, Any]) -> None:
-    whole = b"".join(stream_chunks(vector))
-    events, raw = transcode(codec, [whole[i : i + 1] for i in range(len(whole))], vector.get("options", {}))
-    assert [dump(e) for e in events] == vector["expected"]["events"]
-    assert sse_frames(raw, named=False) == vector["expected"]["client"]
-
-
-@pytest.mark.parametrize("vector", STREAM_VECTORS, ids=[v["name"] for v in STREAM_VECTORS])
-@given(data=st.data())
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_stream_rechunking_property(vector: dict[str, Any], data: st.DataObject) -> None:
-    whole = b"".join(stream_chunks(vector))
-    cuts = sorted(data.draw(st.sets(st.integers(1, len(whole) - 1), max_size=40)))
-    pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
-    reference = transcode(codec, [whole], vector.get("options", {}))
-    events, raw = transcode(codec, pieces, vector.get("options", {}))
-    assert events == reference[0]
-    assert raw == reference[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# Properties
-
-
-@given(conversations())
-@settings(max_examples=150, deadline=None)
-def test_request_round_trip_property(req: ir.Request) -> None:
-    body = json.loads(json.dumps(codec.render_request(req, "m")))  # through real JSON
-    assert project(codec.parse_request(body)) == project(req)
+# Golden vectors, 1-byte re-chunking and the request round trip run for both OpenAI codecs in
+# tests/unit/test_openai_codecs.py.
 
 
 @given(event_streams(), st.booleans())

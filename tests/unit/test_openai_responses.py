@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_openai_chat import (
@@ -14,66 +14,16 @@ from tests.unit.test_openai_chat import (
     ODD,
     accumulate,
     assert_decoded_cleanly,
-    conversations,
     dump,
     event_streams,
     fields,
-    load_vectors,
-    project,
-    run_vector,
     sse_frames,
-    stream_chunks,
-    transcode,
 )
 from translators import ir
 from translators.base import EncoderOptions, TranslationError
 from translators.openai_responses import codec
 
-VECTORS = load_vectors("openai_responses")
-STREAM_VECTORS = [v for v in VECTORS if v["kind"] == "stream"]
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
-
-
-@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
-def test_vector(vector: dict[str, Any]) -> None:
-    run_vector(codec, vector, named=True)
-
-
-def test_vectors_cover_every_kind() -> None:
-    kinds = {v["kind"] for v in VECTORS}
-    assert kinds == {"request", "render_request", "request_error", "response", "render_response", "stream", "encode"}
-
-
-@pytest.mark.parametrize("vector", STREAM_VECTORS, ids=[v["name"] for v in STREAM_VECTORS])
-def test_stream_one_byte_pieces(vector: dict[str, Any]) -> None:
-    whole = b"".join(stream_chunks(vector))
-    events, raw = transcode(codec, [whole[i : i + 1] for i in range(len(whole))], vector.get("options", {}))
-    assert [dump(e) for e in events] == vector["expected"]["events"]
-    assert sse_frames(raw, named=True) == vector["expected"]["client"]
-
-
-@pytest.mark.parametrize("vector", STREAM_VECTORS, ids=[v["name"] for v in STREAM_VECTORS])
-@given(data=st.data())
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_stream_rechunking_property(vector: dict[str, Any], data: st.DataObject) -> None:
-    whole = b"".join(stream_chunks(vector))
-    cuts = sorted(data.draw(st.sets(st.integers(1, len(whole) - 1), max_size=40)))
-    pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
-    reference = transcode(codec, [whole], vector.get("options", {}))
-    events, raw = transcode(codec, pieces, vector.get("options", {}))
-    assert events == reference[0]
-    assert raw == reference[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# Properties
-
-
-@given(conversations())
-@settings(max_examples=150, deadline=None)
-def test_request_round_trip_property(req: ir.Request) -> None:
-    body = json.loads(json.dumps(codec.render_request(req, "m")))
-    assert project(codec.parse_request(body)) == project(req)
 
 
 @given(event_streams())
