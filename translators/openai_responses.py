@@ -2,7 +2,8 @@
 
 Custom (freeform) tools become IR function tools with one string parameter `input`. Whether a call
 goes back to the client as `custom_tool_call` depends on the client's tool list, which the IR
-response does not carry, so render_response and encoder take the custom tool names as `custom_tools`.
+response does not carry, so render_response takes the custom tool names (`custom_tools`) and the encoder
+reads them from EncoderOptions.custom_tools.
 """
 
 from __future__ import annotations
@@ -961,8 +962,8 @@ class OpenAIResponsesCodec:
     def decoder(self) -> ResponsesDecoder:
         return ResponsesDecoder()
 
-    def encoder(self, opts: EncoderOptions, *, custom_tools: Collection[str] = ()) -> ResponsesEncoder:
-        return ResponsesEncoder(opts, custom_tools or opts.custom_tools)
+    def encoder(self, opts: EncoderOptions) -> ResponsesEncoder:
+        return ResponsesEncoder(opts, opts.custom_tools)
 
     def error_body(self, status: int, message: str, code: str | None = None) -> dict[str, Any]:
         return openai_error(status, message, code)

@@ -105,7 +105,7 @@ def sse_frames(raw: bytes, named: bool) -> list[Any]:
 def encoder_for(codec_: Any, options: dict[str, Any]) -> Any:
     opts = EncoderOptions(**options.get("encoder", {"model": "client-model"}))
     if "custom_tools" in options:
-        return codec_.encoder(opts, custom_tools=set(options["custom_tools"]))
+        opts.custom_tools = frozenset(options["custom_tools"])
     return codec_.encoder(opts)
 
 
