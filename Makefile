@@ -1,5 +1,9 @@
 # The README's two commands: `make run` and `make test`. Everything they need is installed here.
-PYTHON ?= python3
+# Python 3.13 (mitmproxy 12.3 needs >= 3.12; this machine kind's python3 is 3.11). .python-version
+# names it for pyenv; the Makefile finds it without pyenv on PATH too: a pyenv-installed 3.13/3.12
+# first, else python3.13/python3.12 on PATH.
+PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3 $(HOME)/.pyenv/versions/3.12*/bin/python3) \
+	$(shell command -v python3.13 python3.12 2>/dev/null))
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
@@ -7,7 +11,10 @@ CONFIG ?= config.yaml
 
 .PHONY: install install-test run test lint bench clean
 
-$(VENV)/bin/activate:
+# A venv made by another Python (an older checkout's 3.11) is rebuilt.
+$(VENV)/bin/activate: .python-version
+	@test -n "$(PYTHON)" || { echo "Python 3.12+ not found: install 3.13 (pyenv install 3.13.0) or set PYTHON=..."; exit 1; }
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 

@@ -12,7 +12,7 @@ import ipaddress
 import urllib.parse
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 
 from core.config import Images
 from translators import ir
@@ -39,7 +39,7 @@ async def _check_address(host: str) -> None:
             raise ValueError(f"{host} resolves to a non-public address")
 
 
-async def inline_remote_images(req: ir.Request, cfg: Images, client: httpx.AsyncClient, target: str) -> None:
+async def inline_remote_images(req: ir.Request, cfg: Images, client: httpx2.AsyncClient, target: str) -> None:
     for field, part in list(remote_images(req)):
         if not cfg.fetch_remote:
             raise TranslationError(
@@ -50,14 +50,14 @@ async def inline_remote_images(req: ir.Request, cfg: Images, client: httpx.Async
             if not cfg.allow_private_addresses:
                 await _check_address(urllib.parse.urlsplit(url).hostname or "")
             data, media_type = await _fetch(client, url, int(cfg.max_bytes), cfg.timeout)
-        except (ValueError, httpx.HTTPError, OSError) as e:
+        except (ValueError, httpx2.HTTPError, OSError) as e:
             raise TranslationError(field, f"image URL could not be fetched: {e}") from None
         part.data = base64.b64encode(data).decode("ascii")
         part.media_type = media_type
         part.url = None
 
 
-async def _fetch(client: httpx.AsyncClient, url: str, max_bytes: int, timeout: float) -> tuple[bytes, str]:
+async def _fetch(client: httpx2.AsyncClient, url: str, max_bytes: int, timeout: float) -> tuple[bytes, str]:
     async with client.stream("GET", url, timeout=timeout, follow_redirects=False) as r:
         if r.status_code != 200:
             raise ValueError(f"HTTP {r.status_code}")

@@ -59,7 +59,7 @@ INERT_WHEN: dict[str, Callable[[Any], bool]] = {
 # block and disable_h2c (protection), update_alt_svc (reverse mode), clientplayback (its async
 # `done` cannot run from `remove()`), errorcheck (mitmproxy reads it right after `running` to
 # exit on errors logged during startup).
-QUIET_LOGGERS = ("httpx", "httpcore")
+QUIET_LOGGERS = ("httpx2", "httpcore2", "httpx", "httpcore")
 
 
 class Lean:

@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 from mitmproxy import http
 
 from addons import replies
@@ -139,11 +139,11 @@ class Pools:
             auth = await acct.credential.auth()
             body = adapter.render(provider, req, model)
             up = adapter.build(provider, auth, body, request=req, model=model, stream=False, client_headers={})
-            timeout = httpx.Timeout(30.0, connect=provider.connect_timeout)
-            async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
+            timeout = httpx2.Timeout(30.0, connect=provider.connect_timeout)
+            async with httpx2.AsyncClient(trust_env=False, timeout=timeout) as client:
                 r = await client.post(up.url, headers=up.headers, content=up.body)
             return r.status_code < 400
-        except (CredentialError, httpx.HTTPError, ValueError) as e:
+        except (CredentialError, httpx2.HTTPError, ValueError) as e:
             logger.info("aiclient-mitm: health check of %s/%s failed: %s", pid, acct.label, e)
             return False
 

@@ -23,7 +23,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 from mitmproxy import http
 from tenacity import wait_exponential_jitter
 
@@ -125,13 +125,13 @@ class _Unavailable:
 class Upstream:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._client: httpx.AsyncClient | None = None  # remote images to inline (addons/images.py)
+        self._client: httpx2.AsyncClient | None = None  # remote images to inline (addons/images.py)
         self._http1 = Http1Client()  # unary upstream requests: the hot path
 
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> httpx2.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+            self._client = httpx2.AsyncClient(
+                limits=httpx2.Limits(max_connections=512, max_keepalive_connections=64),
                 follow_redirects=False,
                 trust_env=False,
             )

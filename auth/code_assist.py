@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
 from auth.credentials import CredentialError
 from auth.google_oauth import TokenRejected
@@ -135,7 +135,7 @@ class ProjectDiscovery:
         self.http_timeout = http_timeout
 
     async def __call__(self, token: str) -> str:
-        async with httpx.AsyncClient(trust_env=False, timeout=self.http_timeout, follow_redirects=False) as client:
+        async with httpx2.AsyncClient(trust_env=False, timeout=self.http_timeout, follow_redirects=False) as client:
             project = await self._discover(client, token)
         await asyncio.to_thread(self._persist, project)
         logger.info("aiclient-mitm: gemini-cli-oauth %s uses project %s", self.label, project)
@@ -147,7 +147,7 @@ class ProjectDiscovery:
         except OSError as e:
             logger.warning("aiclient-mitm: could not save the project of %s: %s", self.label, e.strerror or e)
 
-    async def _discover(self, client: httpx.AsyncClient, token: str) -> str:
+    async def _discover(self, client: httpx2.AsyncClient, token: str) -> str:
         loaded = await self._call(client, token, "POST", "loadCodeAssist", {"metadata": CLIENT_METADATA})
         ineligible = _ineligible(loaded)
         if loaded.get("currentTier"):
@@ -170,7 +170,7 @@ class ProjectDiscovery:
         reasons = f" ({self._reasons(ineligible)})" if ineligible else ""
         raise CredentialError(f"onboarding account {self.label} to {tier_id} gave no project{reasons}; {PROJECT_HINT}")
 
-    async def _onboard(self, client: httpx.AsyncClient, token: str, tier_id: str) -> str | None:
+    async def _onboard(self, client: httpx2.AsyncClient, token: str, tier_id: str) -> str | None:
         # The free tier gets a Google-managed project: sending one is refused. Other tiers would need
         # the user's project, which is only known from the config (then discovery is not run at all).
         body = {"tierId": tier_id, "metadata": CLIENT_METADATA}
@@ -196,14 +196,14 @@ class ProjectDiscovery:
         return _project_of(response.get("cloudaicompanionProject")) if isinstance(response, dict) else None
 
     async def _call(
-        self, client: httpx.AsyncClient, token: str, method: str, name: str, body: dict[str, Any] | None
+        self, client: httpx2.AsyncClient, token: str, method: str, name: str, body: dict[str, Any] | None
     ) -> dict[str, Any]:
         """POST {base}:{name} or GET {base}/{operation}; the JSON object answered."""
         url = f"{self.base}:{name}" if method == "POST" else f"{self.base}/{name}"
         what = name.split("/")[0] if method == "GET" else name
         try:
             r = await client.request(method, url, json=body, headers=request_headers(token))
-        except httpx.HTTPError as e:
+        except httpx2.HTTPError as e:
             raise CredentialError(f"Code Assist unreachable during {what}: {type(e).__name__}: {e}") from None
         if r.status_code == 401:
             raise TokenRejected(f"Code Assist refused the access token of {self.label} during {what}")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 from google.auth import exceptions as google_exceptions
 from google.auth import transport as google_transport
 from google.oauth2.credentials import Credentials
@@ -120,7 +120,7 @@ def id_token_claims(id_token: str | None) -> dict[str, Any]:
 
 
 class _HttpxResponse(google_transport.Response):
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx2.Response) -> None:
         self._response = response
 
     @property
@@ -152,9 +152,9 @@ class HttpxTransport(google_transport.Request):
         **kwargs: Any,
     ) -> google_transport.Response:
         try:
-            with httpx.Client(trust_env=False, timeout=timeout or self._timeout) as client:
+            with httpx2.Client(trust_env=False, timeout=timeout or self._timeout) as client:
                 return _HttpxResponse(client.request(method, url, content=body, headers=dict(headers or {})))
-        except httpx.HTTPError as e:
+        except httpx2.HTTPError as e:
             raise google_exceptions.TransportError(f"{type(e).__name__}: {e}") from e
 
 

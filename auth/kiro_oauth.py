@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
 from auth.credentials import AuthContext, CredentialError, read_credential_file
 from core.files import write_json_atomic
@@ -293,7 +293,7 @@ class KiroCredential:
         refresh_ahead: float = 900.0,
         timeout: float = REFRESH_TIMEOUT,
         kiro_version: str = KIRO_VERSION,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self._store = store
         self._label = label
@@ -467,14 +467,14 @@ class KiroCredential:
             "user-agent": f"KiroIDE-{self._version}-{self.machine_id}",
         }
         hidden = [t.refresh_token, t.access_token, t.client_secret or ""]
-        timeout = httpx.Timeout(self._timeout)
-        answer: httpx.Response | None = None
-        async with httpx.AsyncClient(timeout=timeout, trust_env=False, transport=self._transport) as client:
+        timeout = httpx2.Timeout(self._timeout)
+        answer: httpx2.Response | None = None
+        async with httpx2.AsyncClient(timeout=timeout, trust_env=False, transport=self._transport) as client:
             for attempt in (1, 2):  # cold connections die with EOF now and then (pitfalls 1.5)
                 try:
                     answer = await client.post(url, json=body, headers=headers)
                     break
-                except httpx.TransportError as e:
+                except httpx2.TransportError as e:
                     if attempt == 2:
                         raise RefreshError(f"{type(e).__name__} at {url}: {_scrub(str(e), hidden)}", False) from None
         assert answer is not None

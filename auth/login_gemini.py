@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
 from auth.code_assist import ProjectDiscovery, ProjectStore
 from auth.credentials import CredentialError
@@ -177,8 +177,8 @@ def exchange_code(token_url: str, code: str, pkce: Pkce, redirect_uri: str) -> d
         "client_secret": GEMINI_CLI_CLIENT_SECRET,
     }
     try:
-        r = httpx.post(token_url, data=form, timeout=HTTP_TIMEOUT, trust_env=False)
-    except httpx.HTTPError as e:
+        r = httpx2.post(token_url, data=form, timeout=HTTP_TIMEOUT, trust_env=False)
+    except httpx2.HTTPError as e:
         raise LoginError(f"token endpoint {token_url} unreachable: {type(e).__name__}") from None
     try:
         data = r.json()
@@ -214,14 +214,14 @@ def account_email(tokens: dict[str, Any], userinfo_url: str) -> str | None:
     if isinstance(email, str) and email:
         return email
     try:
-        r = httpx.get(
+        r = httpx2.get(
             userinfo_url,
             headers={"authorization": f"Bearer {tokens['access_token']}"},
             timeout=HTTP_TIMEOUT,
             trust_env=False,
         )
         email = r.json().get("email") if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, AttributeError):
+    except (httpx2.HTTPError, ValueError, AttributeError):
         return None
     return email if isinstance(email, str) and email else None
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
 from auth.pkce import pkce_pair
 from auth.qwen_oauth import (
@@ -45,7 +45,7 @@ class LoginFailed(Exception):
     """The login cannot finish; the message is for the user."""
 
 
-def _json(r: httpx.Response) -> dict[str, Any]:
+def _json(r: httpx2.Response) -> dict[str, Any]:
     try:
         data = r.json()
     except ValueError:
@@ -53,7 +53,7 @@ def _json(r: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _describe(r: httpx.Response) -> str:
+def _describe(r: httpx2.Response) -> str:
     return f"{r.status_code} {oauth_error_text(_json(r) or None, r.content)}"
 
 
@@ -62,7 +62,7 @@ class DeviceLogin:
 
     def __init__(
         self,
-        client: httpx.Client,
+        client: httpx2.Client,
         token_url: str,
         device_url: str,
         *,
@@ -108,7 +108,7 @@ class DeviceLogin:
             self._sleep(min(interval, max(0.0, deadline - self._clock())))
             try:
                 r = self.client.post(self.token_url, data=form, headers=headers)
-            except httpx.TransportError as e:
+            except httpx2.TransportError as e:
                 print(f"  (token endpoint unreachable: {type(e).__name__}; still trying)", file=sys.stderr)
                 continue
             data = _json(r)
@@ -213,16 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"invalid configuration {args.config}: {e}", file=sys.stderr)
         return 1
-    timeout = httpx.Timeout(HTTP_TIMEOUT, connect=connect_timeout)
+    timeout = httpx2.Timeout(HTTP_TIMEOUT, connect=connect_timeout)
     device_url = args.device_url or device_code_url(token_url)
     try:
-        with httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False) as client:
+        with httpx2.Client(timeout=timeout, trust_env=False, follow_redirects=False) as client:
             login = DeviceLogin(client, token_url, device_url, interval=args.poll_interval)
             answer = _authorize(login, open_browser=not args.no_browser)
     except LoginFailed as e:
         print(f"login failed: {e}", file=sys.stderr)
         return 1
-    except httpx.HTTPError as e:
+    except httpx2.HTTPError as e:
         print(f"login failed: cannot reach Qwen ({type(e).__name__}: {e})", file=sys.stderr)
         return 1
     return _save(args.out.expanduser(), answer)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
 from auth.credentials import AuthContext, CredentialError, read_credential_file
 from core.files import write_json_atomic
@@ -353,11 +353,11 @@ class QwenOAuthCredential:
     async def _refresh_grant(self, refresh_token: str) -> None:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": QWEN_CLIENT_ID}
         headers = {"accept": "application/json", "user-agent": user_agent()}
-        timeout = httpx.Timeout(REFRESH_TIMEOUT, connect=self.connect_timeout)
+        timeout = httpx2.Timeout(REFRESH_TIMEOUT, connect=self.connect_timeout)
         try:
-            async with httpx.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False) as client:
+            async with httpx2.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False) as client:
                 r = await client.post(self.token_url, data=form, headers=headers)
-        except httpx.HTTPError as e:
+        except httpx2.HTTPError as e:
             raise CredentialError(f"token refresh failed: {type(e).__name__}: {e}") from None
         body = _json_or_none(r.content)
         if r.status_code in (400, 401):

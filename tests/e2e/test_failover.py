@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -47,12 +47,12 @@ def gw(fakes, tmp_path) -> Iterator[GatewayProcess]:
 
 
 def pool_of(gw: GatewayProcess) -> dict[str, dict]:
-    data = httpx.get(f"{gw.url}/pool", headers=AUTH, timeout=30).json()
+    data = httpx2.get(f"{gw.url}/pool", headers=AUTH, timeout=30).json()
     return {p: {a["label"]: a for a in accts} for p, accts in data["providers"].items()}
 
 
-def chat(gw: GatewayProcess, stream: bool = False) -> httpx.Response:
-    return httpx.post(f"{gw.url}/v1/chat/completions", headers=AUTH, json={**CHAT, "stream": stream}, timeout=30)
+def chat(gw: GatewayProcess, stream: bool = False) -> httpx2.Response:
+    return httpx2.post(f"{gw.url}/v1/chat/completions", headers=AUTH, json={**CHAT, "stream": stream}, timeout=30)
 
 
 @pytest.mark.parametrize(
@@ -133,12 +133,12 @@ def test_request_faults_are_not_retried_and_not_held_against_the_account(gw, fak
 def test_upstream_cut_mid_stream_ends_the_client_stream(gw, fakes):
     """Bytes already went out: no failover, and the client is not left hanging."""
     fakes.openai.faults.append(Fault(kind="reset_mid_stream", after_events=3))
-    with httpx.stream(
+    with httpx2.stream(
         "POST", f"{gw.url}/v1/chat/completions", headers=AUTH, json={**CHAT, "stream": True}, timeout=10
     ) as r:
         assert r.status_code == 200
         received = b""
-        with pytest.raises(httpx.HTTPError):
+        with pytest.raises(httpx2.HTTPError):
             for chunk in r.iter_bytes():
                 received += chunk
     assert received.startswith(b"data: ")
@@ -151,7 +151,7 @@ def test_fifty_concurrent_clients_with_half_the_accounts_failing(gw, fakes):
 
     def one(i: int) -> int:
         body = {**CHAT, "messages": [{"role": "user", "content": f"client {i}"}], "stream": i % 2 == 0}
-        with httpx.Client(timeout=30) as c:
+        with httpx2.Client(timeout=30) as c:
             r = c.post(f"{gw.url}/v1/chat/completions", headers=AUTH, json=body)
             if r.status_code == 200 and not body["stream"]:
                 assert r.json()["choices"][0]["message"]["content"] == f"Hello! You said: client {i}"
@@ -185,8 +185,8 @@ def test_cooldowns_survive_a_restart(fakes, tmp_path):
 
 
 def test_pool_needs_the_client_key_and_shows_no_secret(gw):
-    assert httpx.get(f"{gw.url}/pool", timeout=30).status_code == 401
-    text = httpx.get(f"{gw.url}/pool", headers=AUTH, timeout=30).text
+    assert httpx2.get(f"{gw.url}/pool", timeout=30).status_code == 401
+    text = httpx2.get(f"{gw.url}/pool", headers=AUTH, timeout=30).text
     assert OPENAI_KEY not in text and CLAUDE_KEY not in text and CLIENT_KEY not in text
 
 

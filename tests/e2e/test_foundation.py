@@ -7,7 +7,7 @@ import socket
 import time
 
 import anthropic
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -82,7 +82,7 @@ def test_stream_relays_chunk_by_chunk(gateway, fakes):
     fakes.openai.write_delay = 0.2
     try:
         start = time.monotonic()
-        with httpx.stream(
+        with httpx2.stream(
             "POST",
             f"{gateway.url}/v1/chat/completions",
             headers=AUTH,
@@ -105,7 +105,7 @@ def test_stream_relays_chunk_by_chunk(gateway, fakes):
 
 def test_passthrough_stream_drops_empty_data_frames(gateway, fakes):
     """The fake sends an empty `data:` frame mid-stream; the OpenAI SDK would crash on it."""
-    with httpx.stream(
+    with httpx2.stream(
         "POST",
         f"{gateway.url}/v1/chat/completions",
         headers=AUTH,
@@ -133,7 +133,7 @@ def test_passthrough_stream_drops_empty_data_frames(gateway, fakes):
     ],
 )
 def test_provider_routing_order(gateway, fakes, path, headers, model, fake, upstream_model):
-    r = httpx.post(
+    r = httpx2.post(
         gateway.url + path,
         headers={**AUTH, **headers},
         json={"model": model, "messages": [{"role": "user", "content": "route me"}]},
@@ -152,7 +152,7 @@ def test_provider_routing_order(gateway, fakes, path, headers, model, fake, upst
     ],
 )
 def test_unknown_or_unconfigured_provider_is_400_listing_configured(gateway, fakes, path, headers, model, needle):
-    r = httpx.post(
+    r = httpx2.post(
         gateway.url + path,
         headers={**AUTH, **headers},
         json={"model": model, "messages": [{"role": "user", "content": "x"}]},
@@ -177,7 +177,7 @@ def test_wrong_key_never_reaches_upstream(gateway, fakes):
             model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]
         )
     assert e.value.body["error"]["type"] == "authentication_error"
-    r = httpx.post(f"{gateway.url}/v1beta/models/g:generateContent?key=wrong", json={"contents": []}, timeout=30)
+    r = httpx2.post(f"{gateway.url}/v1beta/models/g:generateContent?key=wrong", json={"contents": []}, timeout=30)
     assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"
     assert fakes.request_count() == 0
 
@@ -186,7 +186,7 @@ def test_wrong_key_never_reaches_upstream(gateway, fakes):
 
 
 def test_health_models_preflight_and_404(gateway):
-    health = httpx.get(f"{gateway.url}/health", timeout=30).json()
+    health = httpx2.get(f"{gateway.url}/health", timeout=30).json()
     assert health["status"] == "ok"
     assert set(health["providers"]) == {"openai-custom", "claude-custom", "openaiResponses-custom"}
     assert CLIENT_KEY not in json.dumps(health) and OPENAI_KEY not in json.dumps(health)
@@ -194,13 +194,13 @@ def test_health_models_preflight_and_404(gateway):
     assert "sonnet-alias" in ids and "gpt-4o" in ids
     claude_models = an(gateway).models.list()
     assert "sonnet-alias" in [m.id for m in claude_models.data]
-    gemini = httpx.get(f"{gateway.url}/v1beta/models", headers={"x-goog-api-key": CLIENT_KEY}, timeout=30).json()
+    gemini = httpx2.get(f"{gateway.url}/v1beta/models", headers={"x-goog-api-key": CLIENT_KEY}, timeout=30).json()
     assert "models/sonnet-alias" in [m["name"] for m in gemini["models"]]
-    pre = httpx.options(f"{gateway.url}/v1/chat/completions", headers={"origin": "http://x"}, timeout=30)
+    pre = httpx2.options(f"{gateway.url}/v1/chat/completions", headers={"origin": "http://x"}, timeout=30)
     assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "*"
-    missing = httpx.get(f"{gateway.url}/v1/nothing", headers=AUTH, timeout=30)
+    missing = httpx2.get(f"{gateway.url}/v1/nothing", headers=AUTH, timeout=30)
     assert missing.status_code == 404 and "unknown endpoint" in missing.json()["error"]["message"]
-    claude_404 = httpx.post(f"{gateway.url}/v1/messages/nothing", headers=AUTH, timeout=30)
+    claude_404 = httpx2.post(f"{gateway.url}/v1/messages/nothing", headers=AUTH, timeout=30)
     assert claude_404.status_code == 404 and claude_404.json()["type"] == "error"
 
 
@@ -226,7 +226,7 @@ def test_health_models_preflight_and_404(gateway):
     ],
 )
 def test_bad_input_is_refused_in_dialect_and_not_forwarded(gateway, fakes, path, body, status, needle, shape):
-    r = httpx.post(gateway.url + path, headers={**AUTH, "content-type": "application/json"}, content=body, timeout=30)
+    r = httpx2.post(gateway.url + path, headers={**AUTH, "content-type": "application/json"}, content=body, timeout=30)
     assert r.status_code == status, r.text
     data = r.json()
     message = {
@@ -249,7 +249,7 @@ def test_chunked_oversized_body_is_413(gateway, fakes):
             yield b"y" * 5000
         yield b'"}]}'
 
-    r = httpx.post(f"{gateway.url}/v1/chat/completions", headers=AUTH, content=body(), timeout=30)
+    r = httpx2.post(f"{gateway.url}/v1/chat/completions", headers=AUTH, content=body(), timeout=30)
     assert r.status_code == 413
     assert fakes.request_count() == 0
 
@@ -274,7 +274,7 @@ def test_unreachable_upstream_is_502_in_dialect(tmp_path, fakes):
     )
     try:
         for stream in (False, True):
-            r = httpx.post(
+            r = httpx2.post(
                 f"{gw.url}/v1/messages",
                 headers={"x-api-key": CLIENT_KEY},
                 json={"model": "c", "max_tokens": 5, "stream": stream, "messages": [{"role": "user", "content": "x"}]},
@@ -324,7 +324,7 @@ def test_account_without_key_gives_503_naming_why(tmp_path, fakes):
         },
     )
     try:
-        r = httpx.post(
+        r = httpx2.post(
             f"{gw.url}/v1/chat/completions",
             headers=AUTH,
             json={"model": "m", "messages": [{"role": "user", "content": "x"}]},

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anthropic
-import httpx
+import httpx2
 import openai
 import pytest
 from google.genai import types
@@ -269,7 +269,7 @@ def test_refused_refresh_is_a_clear_error_and_marks_the_account(tmp_path):
                 assert e.value.status_code == 503
                 assert f"log in again: python -m auth login gemini --out {creds}" in str(e.value)
                 assert "invalid_grant" in str(e.value)
-            r = httpx.post(
+            r = httpx2.post(
                 f"{gw.url}/{PID}/v1beta/models/{MODEL}:generateContent",
                 headers={"x-goog-api-key": CLIENT_KEY},
                 json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
@@ -277,7 +277,7 @@ def test_refused_refresh_is_a_clear_error_and_marks_the_account(tmp_path):
             )
             assert r.status_code == 503 and r.json()["error"]["status"] == "UNAVAILABLE"
             assert "log in again" in r.json()["error"]["message"]
-            assert httpx.get(f"{gw.url}/health", timeout=10).json()["status"] == "ok"
+            assert httpx2.get(f"{gw.url}/health", timeout=10).json()["status"] == "ok"
             assert gw.proc.poll() is None
         finally:
             gw.stop()
@@ -446,9 +446,9 @@ def test_login_with_the_loopback_redirect(tmp_path):
         redirect = query["redirect_uri"]
         assert redirect.startswith("http://127.0.0.1:") and redirect.endswith("/oauth2callback")
         code = fake.approve(query["code_challenge"], redirect)
-        forged = httpx.get(redirect, params={"code": code, "state": "forged"}, timeout=10)
+        forged = httpx2.get(redirect, params={"code": code, "state": "forged"}, timeout=10)
         assert forged.status_code == 400  # not this login's state: ignored, still waiting
-        done = httpx.get(redirect, params={"code": code, "state": query["state"]}, timeout=10)
+        done = httpx2.get(redirect, params={"code": code, "state": query["state"]}, timeout=10)
         assert done.status_code == 200 and "Login complete" in done.text
         rc, stdout, stderr = login.finish()
         assert rc == 0, stderr

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import yaml
 from mitmproxy import io as mitm_io
@@ -41,7 +41,7 @@ class Web:
     proc: subprocess.Popen[bytes]
 
     def flows(self) -> list[dict]:
-        return httpx.get(f"{self.api}/flows", timeout=10).json()
+        return httpx2.get(f"{self.api}/flows", timeout=10).json()
 
     def flow(self, marker: str, timeout: float = 10.0) -> dict:
         """The finished flow whose request carried `marker`."""
@@ -49,14 +49,14 @@ class Web:
         while True:
             for f in self.flows():
                 if f.get("response") and "·" in f.get("comment", "") and " ms" in f["comment"]:
-                    body = httpx.get(f"{self.api}/flows/{f['id']}/request/content.data", timeout=10).content
+                    body = httpx2.get(f"{self.api}/flows/{f['id']}/request/content.data", timeout=10).content
                     if marker.encode() in body:
                         return f
             assert time.monotonic() < deadline, f"no finished flow for {marker}"
             time.sleep(0.05)
 
     def body(self, flow_id: str) -> bytes:
-        return httpx.get(f"{self.api}/flows/{flow_id}/response/content.data", timeout=10).content
+        return httpx2.get(f"{self.api}/flows/{flow_id}/response/content.data", timeout=10).content
 
 
 def free_port() -> int:
@@ -103,7 +103,7 @@ def stream_chat(proxy: str, provider: str, prompt: str) -> bytes:
     """The raw bytes a Chat client receives for a streamed request."""
     body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": prompt}]}
     with (
-        httpx.Client(timeout=10) as client,
+        httpx2.Client(timeout=10) as client,
         client.stream(
             "POST",
             f"{proxy}/{provider}/v1/chat/completions",
@@ -127,7 +127,7 @@ def test_streamed_flow_shows_the_clients_body_and_names_the_route(web, fakes, pr
     )
     assert " · ok " in comment and "first token" in comment
     assert web.body(flow["id"]) == received
-    view = httpx.get(f"{web.api}/flows/{flow['id']}/response/content/sse.json", timeout=10).json()
+    view = httpx2.get(f"{web.api}/flows/{flow['id']}/response/content/sse.json", timeout=10).json()
     events = received.count(b"data: ")
     assert view["description"] == f"SSE ({events} events)"
     headers = ["".join(text for _, text in line) for line in view["lines"] if line and line[0][0] == "header"]
@@ -161,7 +161,7 @@ def test_no_credential_is_visible_and_flows_can_be_saved(web, fakes):
     web.flow(marker)
     time.sleep(0.2)
     listing = json.dumps(web.flows())
-    dump = httpx.get(f"{web.api}/flows/dump", timeout=10)
+    dump = httpx2.get(f"{web.api}/flows/dump", timeout=10)
     assert dump.status_code == 200
     for secret in (CLIENT_KEY, OPENAI_KEY, CLAUDE_KEY, RESPONSES_KEY):
         assert secret not in listing and secret.encode() not in dump.content

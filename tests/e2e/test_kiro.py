@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
-import httpx
+import httpx2
 import pytest
 from mitmproxy import contentviews
 
@@ -272,7 +272,7 @@ def test_in_band_exception_ends_the_stream_with_the_clients_error(gateway, fake,
     else:
         path = "/v1beta/models/matrix-model:streamGenerateContent?alt=sse"
         body = {"contents": [{"role": "user", "parts": [{"text": "long please"}]}]}
-    with httpx.Client(timeout=15) as http:
+    with httpx2.Client(timeout=15) as http:
         r = http.post(f"{gateway.url}/{PROVIDER}{path}", json=body, headers=AUTH)
     assert r.status_code == 200  # bytes were already on their way: the error is in-band
     text = r.text
@@ -402,7 +402,7 @@ def _capture(fake: FakeKiro) -> bytes:
     up = kiro.build(
         Provider(base_url=fake.url), ctx, body, request=req, model=req.model, stream=True, client_headers={}
     )
-    with httpx.Client(timeout=10) as http:
+    with httpx2.Client(timeout=10) as http:
         r = http.post(up.url, content=up.body, headers=up.headers)
     assert r.status_code == 200 and r.headers["content-type"] == CONTENT_TYPE
     return r.content

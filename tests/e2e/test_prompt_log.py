@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from google.genai import types
 
@@ -298,7 +298,7 @@ def _stream_raw(url: str, provider: str, prompt: str, read_events: int | None) -
     headers = {"authorization": f"Bearer {CLIENT_KEY}"}
     seen: list[str] = []
     with (
-        httpx.Client(timeout=10) as client,
+        httpx2.Client(timeout=10) as client,
         client.stream("POST", f"{url}/{provider}/v1/chat/completions", json=body, headers=headers) as r,
     ):
         assert r.status_code == 200
@@ -308,7 +308,7 @@ def _stream_raw(url: str, provider: str, prompt: str, read_events: int | None) -
                     seen.append(line)
                     if read_events is not None and len(seen) >= read_events:
                         break
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             pass  # the upstream cut: the gateway drops the client connection too
     return seen
 
@@ -468,7 +468,7 @@ def test_missing_system_prompt_file_stops_the_start(fakes, tmp_path):
 
 
 def _usage(url: str) -> dict:
-    r = httpx.get(f"{url}/usage", headers={"authorization": f"Bearer {CLIENT_KEY}"}, timeout=10)
+    r = httpx2.get(f"{url}/usage", headers={"authorization": f"Bearer {CLIENT_KEY}"}, timeout=10)
     assert r.status_code == 200
     return r.json()
 
@@ -477,7 +477,7 @@ def test_usage_totals_match_the_upstreams_and_survive_a_restart(fakes, tmp_path)
     gw = start_gateway(tmp_path, gateway_config(fakes))
     expected: dict[tuple[str, str], list[int]] = {}
     try:
-        assert httpx.get(f"{gw.url}/usage", timeout=10).status_code == 401
+        assert httpx2.get(f"{gw.url}/usage", timeout=10).status_code == 401
         for client_dialect in CLIENTS:
             for provider in ("openai-custom", "claude-custom"):
                 for stream in (False, True):
@@ -520,7 +520,7 @@ def test_count_tokens_includes_the_configured_system_prompt(fakes, tmp_path):
         (workdir / "system.txt").write_text("word " * 400)
         gw = start_gateway(workdir, gateway_config(fakes, **extra))
         try:
-            r = httpx.post(
+            r = httpx2.post(
                 f"{gw.url}/v1/messages/count_tokens", headers={"x-api-key": CLIENT_KEY}, json=body, timeout=30
             )
             counts.append(r.json()["input_tokens"])

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import yaml
 
@@ -57,8 +57,8 @@ def write_creds(path: Path, data: dict) -> Path:
     return path
 
 
-def chat(gw: GatewayProcess, body: dict | None = None, path: str = "/v1/chat/completions") -> httpx.Response:
-    return httpx.post(f"{gw.url}/{PROVIDER}{path}", headers=AUTH, json=body or CHAT, timeout=30)
+def chat(gw: GatewayProcess, body: dict | None = None, path: str = "/v1/chat/completions") -> httpx2.Response:
+    return httpx2.post(f"{gw.url}/{PROVIDER}{path}", headers=AUTH, json=body or CHAT, timeout=30)
 
 
 def mode(path: Path) -> int:
@@ -132,7 +132,7 @@ def test_requests_look_like_qwen_codes_and_no_token_is_logged(gateway, fake):
 
 def test_thinking_is_relayed_as_reasoning(gateway, fake):
     body = {**CHAT, "reasoning_effort": "medium", "stream": True}
-    with httpx.stream(
+    with httpx2.stream(
         "POST", f"{gateway.url}/{PROVIDER}/v1/chat/completions", headers=AUTH, json=body, timeout=30
     ) as r:
         lines = [line for line in r.iter_lines() if line.startswith("data: {")]
@@ -177,7 +177,7 @@ def test_refused_refresh_keeps_the_file_and_disables_the_account(fake, tmp_path)
     gw = start_gateway(tmp_path / "gw", qwen_config(fake, creds, base_url=f"{fake.url}/v1"))
     try:
         first = chat(gw)
-        second = httpx.post(
+        second = httpx2.post(
             f"{gw.url}/{PROVIDER}/v1/messages",
             headers={"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"},
             json={"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]},
@@ -288,7 +288,7 @@ def test_requests_per_minute_answers_429_before_sending(fake, tmp_path):
     gw = start_gateway(tmp_path / "gw", qwen_config(fake, creds, base_url=f"{fake.url}/v1", requests_per_minute=2))
     try:
         answers = [chat(gw) for _ in range(3)]
-        claude = httpx.post(
+        claude = httpx2.post(
             f"{gw.url}/{PROVIDER}/v1/messages",
             headers={"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"},
             json={"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]},

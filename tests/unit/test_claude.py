@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-import httpx
+import httpx2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -167,11 +167,13 @@ def check_grammar(frames: list[tuple[str, dict[str, Any]]], *, complete: bool) -
 def sdk_final_message(body: bytes) -> anthropic.types.Message:
     """What the official SDK makes of a stream: proves real clients accept the encoder's bytes."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
     client = anthropic.Anthropic(
-        api_key="test", base_url="http://gateway.test", http_client=httpx.Client(transport=httpx.MockTransport(handler))
+        api_key="test",
+        base_url="http://gateway.test",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
     )
     with client.messages.stream(model="m", max_tokens=16, messages=[{"role": "user", "content": "hi"}]) as stream:
         return stream.get_final_message()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from auth.code_assist import STATE_FILE, ProjectDiscovery, ProjectStore, request_headers
@@ -165,8 +165,8 @@ def test_adapter_uses_a_persisted_project_without_discovery(fake, tmp_path):
 
 def _generate(
     fake: FakeCodeAssist, token: str, body: dict, method: str = "generateContent", **params: str
-) -> httpx.Response:
-    return httpx.post(
+) -> httpx2.Response:
+    return httpx2.post(
         f"{fake.url}/v1internal:{method}", params=params, json=body, headers=request_headers(token), timeout=5
     )
 
@@ -220,7 +220,7 @@ def test_fake_checks_gemini3_signatures_strictly(fake):
     call = answer["candidates"][0]["content"]["parts"][0]
     assert call["thoughtSignature"] in fake.issued_signatures
 
-    def replay(part: dict) -> httpx.Response:
+    def replay(part: dict) -> httpx2.Response:
         contents = [
             *ask["contents"],
             {"role": "model", "parts": [part]},
@@ -240,14 +240,14 @@ def test_fake_checks_gemini3_signatures_strictly(fake):
 def test_fake_token_endpoint(fake):
     data = fake.issue_login()
     form = {"client_id": GEMINI_CLI_CLIENT_ID, "client_secret": GEMINI_CLI_CLIENT_SECRET}
-    refreshed = httpx.post(
+    refreshed = httpx2.post(
         f"{fake.url}/token",
         data=form | {"grant_type": "refresh_token", "refresh_token": data["refresh_token"]},
         timeout=5,
     )
     assert refreshed.status_code == 200 and "refresh_token" not in refreshed.json()
     fake.invalid_grant = True
-    refused = httpx.post(
+    refused = httpx2.post(
         f"{fake.url}/token",
         data=form | {"grant_type": "refresh_token", "refresh_token": data["refresh_token"]},
         timeout=5,
@@ -261,13 +261,13 @@ def test_fake_token_endpoint(fake):
         "code": code,
         "redirect_uri": "http://127.0.0.1:9/oauth2callback",
     }
-    wrong = httpx.post(f"{fake.url}/token", data=grant | {"code_verifier": "w" * 50}, timeout=5)
+    wrong = httpx2.post(f"{fake.url}/token", data=grant | {"code_verifier": "w" * 50}, timeout=5)
     assert wrong.json()["error"] == "invalid_grant"
     code = fake.approve(challenge, "http://127.0.0.1:9/oauth2callback")
-    ok = httpx.post(f"{fake.url}/token", data=grant | {"code": code, "code_verifier": verifier}, timeout=5)
+    ok = httpx2.post(f"{fake.url}/token", data=grant | {"code": code, "code_verifier": verifier}, timeout=5)
     assert ok.status_code == 200 and ok.json()["refresh_token"]
     assert (
-        httpx.post(f"{fake.url}/token", data=grant | {"code": code, "code_verifier": verifier}, timeout=5).status_code
+        httpx2.post(f"{fake.url}/token", data=grant | {"code": code, "code_verifier": verifier}, timeout=5).status_code
         == 400
     )  # single use
 
@@ -280,5 +280,5 @@ def test_fake_counts_tokens(fake):
             "contents": [{"role": "user", "parts": [{"text": "one two three"}]}],
         }
     }
-    r = httpx.post(f"{fake.url}/v1internal:countTokens", json=body, headers=request_headers(token), timeout=5)
+    r = httpx2.post(f"{fake.url}/v1internal:countTokens", json=body, headers=request_headers(token), timeout=5)
     assert r.json() == {"totalTokens": 3}

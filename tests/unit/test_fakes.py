@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fakes import brain
@@ -37,8 +37,8 @@ LONG_PROMPT = "word " * 120
 
 # -- fixtures and helpers ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=5) as c:
+def client() -> Iterator[httpx2.Client]:
+    with httpx2.Client(timeout=5) as c:
         yield c
 
 
@@ -213,7 +213,7 @@ def test_brain_usage_thinking_and_truncation() -> None:
 # -- base server --------------------------------------------------------------------------------------
 def test_records_requests_and_keeps_connections_alive(chat: FakeOpenAIChat) -> None:
     before = chat.connections_opened
-    with httpx.Client() as fresh:
+    with httpx2.Client() as fresh:
         for text in ("one", "two"):
             fresh.post(chat.url + "/v1/chat/completions?x=1", json=chat_body(user(text)), headers={"X-Trace": "t"})
     assert chat.connections_opened - before == 1
@@ -228,7 +228,7 @@ def test_records_requests_and_keeps_connections_alive(chat: FakeOpenAIChat) -> N
     assert json.loads(first.body) == first.json
 
 
-def test_chunked_request_body_is_read(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_chunked_request_body_is_read(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     payload = json.dumps(chat_body(user("chunked"))).encode()
     response = client.post(
         chat.url + "/v1/chat/completions", content=iter([payload[:10], payload[10:]]), headers=CHAT_HEADERS
@@ -247,7 +247,7 @@ def test_chunked_request_body_is_read(chat: FakeOpenAIChat, client: httpx.Client
     ],
 )
 def test_invalid_json_gets_400_in_own_shape(
-    request: pytest.FixtureRequest, client: httpx.Client, name: str, path: str, headers: dict, check: Any
+    request: pytest.FixtureRequest, client: httpx2.Client, name: str, path: str, headers: dict, check: Any
 ) -> None:
     fake = request.getfixturevalue(name)
     response = client.post(fake.url + path, content=b'{"model": ', headers=headers)
@@ -269,7 +269,7 @@ def test_invalid_json_gets_400_in_own_shape(
     ],
 )
 def test_status_fault_uses_own_error_shape_then_recovers(
-    request: pytest.FixtureRequest, client: httpx.Client, name: str, path: str, headers: dict, body: dict, check: Any
+    request: pytest.FixtureRequest, client: httpx2.Client, name: str, path: str, headers: dict, body: dict, check: Any
 ) -> None:
     fake = request.getfixturevalue(name)
     fake.faults.append(Fault(status=429, headers={"Retry-After": "2"}))
@@ -278,7 +278,7 @@ def test_status_fault_uses_own_error_shape_then_recovers(
     assert client.post(fake.url + path, json=body, headers=headers).status_code == 200
 
 
-def test_status_fault_with_custom_body(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_status_fault_with_custom_body(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     chat.faults.append(Fault(status=503, body=b"upstream down", headers={"content-type": "text/plain"}))
     response = client.post(chat.url + "/v1/chat/completions", json=chat_body(), headers=CHAT_HEADERS)
     assert (response.status_code, response.text, response.headers["content-type"]) == (
@@ -288,18 +288,18 @@ def test_status_fault_with_custom_body(chat: FakeOpenAIChat, client: httpx.Clien
     )
 
 
-def test_reset_before_headers(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_reset_before_headers(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     chat.faults.append(Fault(kind="reset_before_headers"))
-    with pytest.raises(httpx.TransportError):
+    with pytest.raises(httpx2.TransportError):
         client.post(chat.url + "/v1/chat/completions", json=chat_body(), headers=CHAT_HEADERS)
     assert client.post(chat.url + "/v1/chat/completions", json=chat_body(), headers=CHAT_HEADERS).status_code == 200
     assert len(chat.requests) == 2
 
 
-def test_reset_mid_stream_after_n_events(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_reset_mid_stream_after_n_events(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     chat.faults.append(Fault(kind="reset_mid_stream", after_events=3))
     received = b""
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(httpx2.RemoteProtocolError):
         with client.stream(
             "POST", chat.url + "/v1/chat/completions", json=chat_body(stream=True), headers=CHAT_HEADERS
         ) as response:
@@ -309,20 +309,20 @@ def test_reset_mid_stream_after_n_events(chat: FakeOpenAIChat, client: httpx.Cli
     assert b"[DONE]" not in received
 
 
-def test_reset_mid_stream_cuts_unary_body(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_reset_mid_stream_cuts_unary_body(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     chat.faults.append(Fault(kind="reset_mid_stream"))
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(httpx2.RemoteProtocolError):
         client.post(chat.url + "/v1/chat/completions", json=chat_body(), headers=CHAT_HEADERS)
 
 
-def test_hang_then_close(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_hang_then_close(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     chat.faults.append(Fault(kind="hang", seconds=0.3))
     started = time.monotonic()
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(httpx2.RemoteProtocolError):
         client.post(chat.url + "/v1/chat/completions", json=chat_body(), headers=CHAT_HEADERS)
     assert time.monotonic() - started >= 0.3
     chat.faults.append(Fault(kind="hang", seconds=5))
-    with pytest.raises(httpx.ReadTimeout):
+    with pytest.raises(httpx2.ReadTimeout):
         client.post(chat.url + "/v1/chat/completions", json=chat_body(), headers=CHAT_HEADERS, timeout=0.2)
 
 
@@ -377,7 +377,7 @@ def test_write_delay_paces_stream_writes() -> None:
     with FakeOpenAIChat(api_key=KEY, write_delay=0.02, stream_noise=False) as fake:
         started = time.monotonic()
         frames = parse_sse(
-            httpx.post(fake.url + "/v1/chat/completions", json=chat_body(stream=True), headers=CHAT_HEADERS).content
+            httpx2.post(fake.url + "/v1/chat/completions", json=chat_body(stream=True), headers=CHAT_HEADERS).content
         )
         elapsed = time.monotonic() - started
     assert elapsed >= 0.02 * len(frames) and len(frames) == 7
@@ -387,16 +387,16 @@ def test_stop_unblocks_hanging_request() -> None:
     fake = FakeOpenAIChat(api_key=KEY).start()
     fake.faults.append(Fault(kind="hang", seconds=30))
     started = time.monotonic()
-    with httpx.Client(timeout=5) as c:
+    with httpx2.Client(timeout=5) as c:
         threading.Timer(0.2, fake.stop).start()
-        with pytest.raises(httpx.TransportError):
+        with pytest.raises(httpx2.TransportError):
             c.post(fake.url + "/v1/chat/completions", json=chat_body(), headers=CHAT_HEADERS)
     assert time.monotonic() - started < 3
 
 
 # -- OpenAI Chat ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"}, {"authorization": KEY}])
-def test_chat_auth(chat: FakeOpenAIChat, client: httpx.Client, headers: dict[str, str]) -> None:
+def test_chat_auth(chat: FakeOpenAIChat, client: httpx2.Client, headers: dict[str, str]) -> None:
     response = client.post(chat.url + "/v1/chat/completions", json=chat_body(), headers=headers)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
@@ -444,14 +444,14 @@ CHAT_INVALID = [
 
 
 @pytest.mark.parametrize(("body", "message"), CHAT_INVALID)
-def test_chat_validation(chat: FakeOpenAIChat, client: httpx.Client, body: Any, message: str) -> None:
+def test_chat_validation(chat: FakeOpenAIChat, client: httpx2.Client, body: Any, message: str) -> None:
     response = client.post(chat.url + "/v1/chat/completions", json=body, headers=CHAT_HEADERS)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert message in error["message"] and error["type"] == "invalid_request_error" and "param" in error
 
 
-def test_chat_unary_text(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_chat_unary_text(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     body = chat_body({"role": "system", "content": "be nice"}, user("hi there"))
     data = client.post(chat.url + "/v1/chat/completions", json=body, headers=CHAT_HEADERS).json()
     assert data["id"].startswith("chatcmpl-") and data["object"] == "chat.completion" and data["model"] == "gpt-4o-mini"
@@ -463,7 +463,7 @@ def test_chat_unary_text(chat: FakeOpenAIChat, client: httpx.Client) -> None:
     assert usage["prompt_tokens_details"]["cached_tokens"] == 0
 
 
-def test_chat_tool_round_trip_with_parallel_calls(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_chat_tool_round_trip_with_parallel_calls(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     url = chat.url + "/v1/chat/completions"
     first = client.post(url, json=chat_body(user("parallel weather"), tools=CHAT_TOOLS), headers=CHAT_HEADERS).json()
     message = first["choices"][0]["message"]
@@ -479,7 +479,7 @@ def test_chat_tool_round_trip_with_parallel_calls(chat: FakeOpenAIChat, client: 
     assert second["choices"][0]["message"]["content"] == "Tool results: Sunny; Rainy"
 
 
-def test_chat_thinking_long_prompt_and_length(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_chat_thinking_long_prompt_and_length(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     body = chat_body(user("long " + LONG_PROMPT), reasoning_effort="high", max_completion_tokens=10)
     data = client.post(chat.url + "/v1/chat/completions", json=body, headers=CHAT_HEADERS).json()
     choice = data["choices"][0]
@@ -490,7 +490,7 @@ def test_chat_thinking_long_prompt_and_length(chat: FakeOpenAIChat, client: http
     assert usage["completion_tokens_details"]["reasoning_tokens"] == 5 and usage["completion_tokens"] == 15
 
 
-def test_chat_images(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_chat_images(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     part = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}}
     body = chat_body({"role": "user", "content": [{"type": "text", "text": "what?"}, part, part]})
     data = client.post(chat.url + "/v1/chat/completions", json=body, headers=CHAT_HEADERS).json()
@@ -499,11 +499,11 @@ def test_chat_images(chat: FakeOpenAIChat, client: httpx.Client) -> None:
     with FakeOpenAIChat(api_key=KEY, allow_image_urls=True) as permissive:
         remote = {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}
         body = chat_body({"role": "user", "content": [remote]})
-        data = httpx.post(permissive.url + "/v1/chat/completions", json=body, headers=CHAT_HEADERS).json()
+        data = httpx2.post(permissive.url + "/v1/chat/completions", json=body, headers=CHAT_HEADERS).json()
     assert data["choices"][0]["message"]["content"] == "I see 1 image(s): https://x.test/a.png"
 
 
-def _chat_stream(chat: FakeOpenAIChat, client: httpx.Client, body: dict[str, Any]) -> list[dict[str, str]]:
+def _chat_stream(chat: FakeOpenAIChat, client: httpx2.Client, body: dict[str, Any]) -> list[dict[str, str]]:
     response = client.post(chat.url + "/v1/chat/completions", json=body, headers=CHAT_HEADERS)
     assert response.headers["content-type"] == "text/event-stream"
     assert response.headers["transfer-encoding"] == "chunked"
@@ -514,7 +514,7 @@ def _chat_chunks(frames: list[dict[str, str]]) -> list[dict[str, Any]]:
     return [json.loads(f["data"]) for f in frames if f.get("data") not in (None, "", "[DONE]")]
 
 
-def test_chat_stream_text_grammar(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_chat_stream_text_grammar(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     body = chat_body(user("hi there"), stream=True, stream_options={"include_usage": True}, reasoning_effort="low")
     frames = _chat_stream(chat, client, body)
     assert frames[-1] == {"data": "[DONE]"}
@@ -532,7 +532,7 @@ def test_chat_stream_text_grammar(chat: FakeOpenAIChat, client: httpx.Client) ->
     assert all("usage" not in c for c in plain) and plain[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-def test_chat_stream_parallel_tool_calls(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_chat_stream_parallel_tool_calls(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     body = chat_body(user("parallel weather"), tools=CHAT_TOOLS, stream=True)
     chunks = _chat_chunks(_chat_stream(chat, client, body))
     calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
@@ -547,7 +547,7 @@ def test_chat_stream_parallel_tool_calls(chat: FakeOpenAIChat, client: httpx.Cli
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
-def test_chat_models_and_unknown_route(chat: FakeOpenAIChat, client: httpx.Client) -> None:
+def test_chat_models_and_unknown_route(chat: FakeOpenAIChat, client: httpx2.Client) -> None:
     data = client.get(chat.url + "/v1/models", headers=CHAT_HEADERS).json()
     assert data["object"] == "list" and [m["id"] for m in data["data"]] == ["gpt-4o-mini", "gpt-4.1", "o4-mini"]
     assert client.get(chat.url + "/v1/nope", headers=CHAT_HEADERS).status_code == 404
@@ -564,7 +564,7 @@ def test_chat_models_and_unknown_route(chat: FakeOpenAIChat, client: httpx.Clien
     ],
 )
 def test_claude_auth_and_version(
-    claude: FakeClaude, client: httpx.Client, headers: dict, status: int, kind: str
+    claude: FakeClaude, client: httpx2.Client, headers: dict, status: int, kind: str
 ) -> None:
     response = client.post(claude.url + "/v1/messages", json=claude_body(), headers=headers)
     assert response.status_code == status
@@ -574,12 +574,12 @@ def test_claude_auth_and_version(
 
 def test_claude_bearer_mode() -> None:
     with FakeClaude(api_key=KEY, bearer=True) as fake:
-        ok = httpx.post(
+        ok = httpx2.post(
             fake.url + "/v1/messages",
             json=claude_body(),
             headers={"authorization": f"Bearer {KEY}", "anthropic-version": "1"},
         )
-        denied = httpx.post(fake.url + "/v1/messages", json=claude_body(), headers=CLAUDE_HEADERS)
+        denied = httpx2.post(fake.url + "/v1/messages", json=claude_body(), headers=CLAUDE_HEADERS)
     assert ok.status_code == 200 and denied.status_code == 401
 
 
@@ -654,14 +654,14 @@ CLAUDE_INVALID = [
 
 
 @pytest.mark.parametrize(("body", "message"), CLAUDE_INVALID)
-def test_claude_validation(claude: FakeClaude, client: httpx.Client, body: dict, message: str) -> None:
+def test_claude_validation(claude: FakeClaude, client: httpx2.Client, body: dict, message: str) -> None:
     response = client.post(claude.url + "/v1/messages", json=body, headers=CLAUDE_HEADERS)
     assert response.status_code == 400, response.text
     data = response.json()
     assert data["error"]["type"] == "invalid_request_error" and message in data["error"]["message"]
 
 
-def test_claude_unary_text_image_and_usage(claude: FakeClaude, client: httpx.Client) -> None:
+def test_claude_unary_text_image_and_usage(claude: FakeClaude, client: httpx2.Client) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}}
     body = claude_body({"role": "user", "content": [{"type": "text", "text": LONG_PROMPT}, image]}, system="be nice")
     data = client.post(claude.url + "/v1/messages", json=body, headers=CLAUDE_HEADERS).json()
@@ -674,7 +674,7 @@ def test_claude_unary_text_image_and_usage(claude: FakeClaude, client: httpx.Cli
     assert usage["output_tokens"] == 7
 
 
-def test_claude_thinking_tool_round_trip(claude: FakeClaude, client: httpx.Client) -> None:
+def test_claude_thinking_tool_round_trip(claude: FakeClaude, client: httpx2.Client) -> None:
     url = claude.url + "/v1/messages"
     body = claude_body(user("weather?"), max_tokens=4096, thinking=THINKING, tools=CLAUDE_TOOLS)
     first = client.post(url, json=body, headers=CLAUDE_HEADERS).json()
@@ -691,7 +691,7 @@ def test_claude_thinking_tool_round_trip(claude: FakeClaude, client: httpx.Clien
     assert second["content"][-1] == {"type": "text", "text": "Tool results: Sunny (error)"}
 
 
-def test_claude_length_and_count_tokens(claude: FakeClaude, client: httpx.Client) -> None:
+def test_claude_length_and_count_tokens(claude: FakeClaude, client: httpx2.Client) -> None:
     data = client.post(
         claude.url + "/v1/messages", json=claude_body(user("long"), max_tokens=5), headers=CLAUDE_HEADERS
     ).json()
@@ -746,7 +746,7 @@ def _claude_blocks(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, A
     return blocks
 
 
-def test_claude_stream_matches_unary(claude: FakeClaude, client: httpx.Client) -> None:
+def test_claude_stream_matches_unary(claude: FakeClaude, client: httpx2.Client) -> None:
     body = claude_body(user("parallel weather"), max_tokens=4096, thinking=THINKING, tools=CLAUDE_TOOLS)
     unary = client.post(claude.url + "/v1/messages", json=body, headers=CLAUDE_HEADERS).json()
     response = client.post(claude.url + "/v1/messages", json={**body, "stream": True}, headers=CLAUDE_HEADERS)
@@ -769,13 +769,13 @@ def test_claude_stream_matches_unary(claude: FakeClaude, client: httpx.Client) -
 def test_claude_text_after_tool_use_opens_new_block() -> None:
     with FakeClaude(api_key=KEY, text_after_tool_use="Checking now.") as fake:
         body = claude_body(user("weather?"), tools=CLAUDE_TOOLS, stream=True)
-        events = _claude_events(httpx.post(fake.url + "/v1/messages", json=body, headers=CLAUDE_HEADERS).content)
+        events = _claude_events(httpx2.post(fake.url + "/v1/messages", json=body, headers=CLAUDE_HEADERS).content)
     starts = [d["content_block"]["type"] for n, d in events if n == "content_block_start"]
     assert starts == ["tool_use", "text"]
     assert _claude_blocks(events)[1] == {"type": "text", "text": "Checking now."}
 
 
-def test_claude_overloaded_mid_stream(claude: FakeClaude, client: httpx.Client) -> None:
+def test_claude_overloaded_mid_stream(claude: FakeClaude, client: httpx2.Client) -> None:
     claude.faults.append(Fault(kind="overloaded_mid_stream"))
     response = client.post(claude.url + "/v1/messages", json=claude_body(stream=True), headers=CLAUDE_HEADERS)
     frames = parse_sse(response.content)
@@ -800,7 +800,7 @@ def function_output(call_id: str, output: str = "Sunny") -> dict[str, Any]:
     return {"type": "function_call_output", "call_id": call_id, "output": output}
 
 
-def test_responses_auth(responses: FakeOpenAIResponses, client: httpx.Client) -> None:
+def test_responses_auth(responses: FakeOpenAIResponses, client: httpx2.Client) -> None:
     response = client.post(
         responses.url + "/v1/responses", json=responses_body(), headers={"authorization": "Bearer x"}
     )
@@ -855,14 +855,14 @@ RESPONSES_INVALID = [
 
 @pytest.mark.parametrize(("body", "status", "message"), RESPONSES_INVALID)
 def test_responses_validation(
-    responses: FakeOpenAIResponses, client: httpx.Client, body: dict, status: int, message: str
+    responses: FakeOpenAIResponses, client: httpx2.Client, body: dict, status: int, message: str
 ) -> None:
     response = client.post(responses.url + "/v1/responses", json=body, headers=CHAT_HEADERS)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
 
 
-def test_responses_unary_text(responses: FakeOpenAIResponses, client: httpx.Client) -> None:
+def test_responses_unary_text(responses: FakeOpenAIResponses, client: httpx2.Client) -> None:
     body = responses_body(
         input=[{"role": "user", "content": [{"type": "input_text", "text": "hi there"}]}], instructions="be nice"
     )
@@ -883,7 +883,7 @@ def test_responses_unary_text(responses: FakeOpenAIResponses, client: httpx.Clie
     }
 
 
-def test_responses_input_image(responses: FakeOpenAIResponses, client: httpx.Client) -> None:
+def test_responses_input_image(responses: FakeOpenAIResponses, client: httpx2.Client) -> None:
     image = {"type": "input_image", "image_url": f"data:image/png;base64,{PNG_B64}"}
     body = responses_body(input=[{"role": "user", "content": [image, {"type": "input_image", "file_id": "file-1"}]}])
     data = client.post(responses.url + "/v1/responses", json=body, headers=CHAT_HEADERS).json()
@@ -891,7 +891,7 @@ def test_responses_input_image(responses: FakeOpenAIResponses, client: httpx.Cli
     assert data["output"][0]["content"][0]["text"] == expected
 
 
-def test_responses_reasoning_tool_round_trip(responses: FakeOpenAIResponses, client: httpx.Client) -> None:
+def test_responses_reasoning_tool_round_trip(responses: FakeOpenAIResponses, client: httpx2.Client) -> None:
     url = responses.url + "/v1/responses"
     body = responses_body(
         input=[user("weather?")],
@@ -921,7 +921,7 @@ def test_responses_reasoning_tool_round_trip(responses: FakeOpenAIResponses, cli
     assert stateless.status_code == 404
 
 
-def test_responses_incomplete(responses: FakeOpenAIResponses, client: httpx.Client) -> None:
+def test_responses_incomplete(responses: FakeOpenAIResponses, client: httpx2.Client) -> None:
     data = client.post(
         responses.url + "/v1/responses", json=responses_body(input="long", max_output_tokens=16), headers=CHAT_HEADERS
     ).json()
@@ -939,7 +939,7 @@ def _responses_events(raw: bytes) -> list[dict[str, Any]]:
     return events
 
 
-def test_responses_stream_text(responses: FakeOpenAIResponses, client: httpx.Client) -> None:
+def test_responses_stream_text(responses: FakeOpenAIResponses, client: httpx2.Client) -> None:
     body = responses_body(input="hi there", reasoning={"effort": "low"}, stream=True)
     events = _responses_events(client.post(responses.url + "/v1/responses", json=body, headers=CHAT_HEADERS).content)
     types = [e["type"] for e in events]
@@ -966,7 +966,7 @@ def test_responses_stream_text(responses: FakeOpenAIResponses, client: httpx.Cli
     assert all(e["output_index"] == 1 for e in events if e["type"] == "response.output_text.delta")
 
 
-def test_responses_stream_function_calls_and_incomplete(responses: FakeOpenAIResponses, client: httpx.Client) -> None:
+def test_responses_stream_function_calls_and_incomplete(responses: FakeOpenAIResponses, client: httpx2.Client) -> None:
     url = responses.url + "/v1/responses"
     body = responses_body(input="parallel weather", tools=RESPONSES_TOOLS, stream=True)
     events = _responses_events(client.post(url, json=body, headers=CHAT_HEADERS).content)
@@ -1006,7 +1006,7 @@ def test_responses_stream_function_calls_and_incomplete(responses: FakeOpenAIRes
     ],
 )
 def test_gemini_auth(
-    gemini: FakeGemini, client: httpx.Client, headers: dict, query: str, status: int, marker: str | None
+    gemini: FakeGemini, client: httpx2.Client, headers: dict, query: str, status: int, marker: str | None
 ) -> None:
     response = client.post(gemini.url + GEMINI_PATH + query, json=gemini_body(), headers=headers)
     assert response.status_code == status
@@ -1084,7 +1084,7 @@ GEMINI_INVALID = [
 
 
 @pytest.mark.parametrize(("body", "message"), GEMINI_INVALID)
-def test_gemini_validation(gemini: FakeGemini, client: httpx.Client, body: dict, message: str) -> None:
+def test_gemini_validation(gemini: FakeGemini, client: httpx2.Client, body: dict, message: str) -> None:
     response = client.post(gemini.url + GEMINI_PATH, json=body, headers=GEMINI_HEADERS)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
@@ -1106,7 +1106,7 @@ def test_gemini_validation(gemini: FakeGemini, client: httpx.Client, body: dict,
         "title",
     ],
 )
-def test_gemini_rejects_schema_keywords(gemini: FakeGemini, client: httpx.Client, keyword: str) -> None:
+def test_gemini_rejects_schema_keywords(gemini: FakeGemini, client: httpx2.Client, keyword: str) -> None:
     body = gemini_body(tools=_decl(_with_prop({keyword: 1})))
     response = client.post(gemini.url + GEMINI_PATH, json=body, headers=GEMINI_HEADERS)
     assert response.status_code == 400
@@ -1117,7 +1117,7 @@ def test_gemini_rejects_schema_keywords(gemini: FakeGemini, client: httpx.Client
     )
 
 
-def test_gemini_accepts_property_named_title_and_snake_case(gemini: FakeGemini, client: httpx.Client) -> None:
+def test_gemini_accepts_property_named_title_and_snake_case(gemini: FakeGemini, client: httpx2.Client) -> None:
     parameters = {
         "type": "object",
         "properties": {"title": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
@@ -1139,7 +1139,7 @@ def test_gemini_accepts_property_named_title_and_snake_case(gemini: FakeGemini, 
     assert part == {"functionCall": {"name": "lookup", "args": {"city": "Paris"}}}
 
 
-def test_gemini_3_requires_signature_on_first_call_of_current_turn(gemini: FakeGemini, client: httpx.Client) -> None:
+def test_gemini_3_requires_signature_on_first_call_of_current_turn(gemini: FakeGemini, client: httpx2.Client) -> None:
     path = "/v1beta/models/gemini-3-pro-preview:generateContent"
     unsigned = gemini_body(
         gemini_user("weather?"), gemini_calls("get_weather"), gemini_responses("get_weather"), tools=GEMINI_TOOLS
@@ -1163,7 +1163,7 @@ def test_gemini_3_requires_signature_on_first_call_of_current_turn(gemini: FakeG
     assert second["candidates"][0]["content"]["parts"] == [{"text": "Tool results: Sunny; Sunny"}]
 
 
-def test_gemini_unary_thinking_and_usage(gemini: FakeGemini, client: httpx.Client) -> None:
+def test_gemini_unary_thinking_and_usage(gemini: FakeGemini, client: httpx2.Client) -> None:
     body = gemini_body(
         gemini_user("hi there " + LONG_PROMPT), generationConfig={"thinkingConfig": {"includeThoughts": True}}
     )
@@ -1181,7 +1181,7 @@ def test_gemini_unary_thinking_and_usage(gemini: FakeGemini, client: httpx.Clien
     assert "thoughtsTokenCount" not in plain and "cachedContentTokenCount" not in plain
 
 
-def test_gemini_max_tokens_and_tool_error_result(gemini: FakeGemini, client: httpx.Client) -> None:
+def test_gemini_max_tokens_and_tool_error_result(gemini: FakeGemini, client: httpx2.Client) -> None:
     data = client.post(
         gemini.url + GEMINI_PATH,
         json=gemini_body(gemini_user("long"), generationConfig={"maxOutputTokens": 3}),
@@ -1200,7 +1200,7 @@ def test_gemini_max_tokens_and_tool_error_result(gemini: FakeGemini, client: htt
     assert data["candidates"][0]["content"]["parts"][0]["text"] == "Tool results: boom (error)"
 
 
-def test_gemini_stream(gemini: FakeGemini, client: httpx.Client) -> None:
+def test_gemini_stream(gemini: FakeGemini, client: httpx2.Client) -> None:
     body = gemini_body(gemini_user("unicode"), generationConfig={"thinkingConfig": {"includeThoughts": True}})
     response = client.post(gemini.url + GEMINI_STREAM_PATH, json=body, headers=GEMINI_HEADERS)
     assert response.headers["content-type"] == "text/event-stream"
@@ -1219,7 +1219,7 @@ def test_gemini_stream(gemini: FakeGemini, client: httpx.Client) -> None:
     )
 
 
-def test_gemini_stream_tool_calls_and_json_array_mode(gemini: FakeGemini, client: httpx.Client) -> None:
+def test_gemini_stream_tool_calls_and_json_array_mode(gemini: FakeGemini, client: httpx2.Client) -> None:
     body = gemini_body(gemini_user("parallel weather"), tools=GEMINI_TOOLS)
     chunks = [
         json.loads(f["data"])

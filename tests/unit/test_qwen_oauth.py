@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-import httpx
+import httpx2
 import pytest
 
 from auth.credentials import CredentialError
@@ -343,7 +343,7 @@ def test_device_login_polls_until_success_and_the_file_has_qwen_codes_format(fak
     fake.device_script = ["authorization_pending", "success"]
     slept: list[float] = []
     try:
-        with httpx.Client(timeout=10) as client:
+        with httpx2.Client(timeout=10) as client:
             login = DeviceLogin(
                 client, f"{fake.url}/api/v1/oauth2/token", device_code_url(f"{fake.url}/api/v1/oauth2/token")
             )
@@ -363,7 +363,7 @@ def test_device_login_slow_down_is_capped_at_ten_seconds(fake):
     fake.device_script = ["slow_down"] * 8 + ["success"]
     slept: list[float] = []
     try:
-        with httpx.Client(timeout=10) as client:
+        with httpx2.Client(timeout=10) as client:
             login = DeviceLogin(client, f"{fake.url}/api/v1/oauth2/token", f"{fake.url}/api/v1/oauth2/device/code")
             login._sleep = slept.append
             verifier, challenge = pkce_pair()
@@ -375,7 +375,7 @@ def test_device_login_slow_down_is_capped_at_ten_seconds(fake):
 
 
 def test_device_login_refused_mentions_the_availability(fake):
-    with httpx.Client(timeout=10) as client:
+    with httpx2.Client(timeout=10) as client:
         login = DeviceLogin(client, f"{fake.url}/api/v1/oauth2/token", f"{fake.url}/api/v1/oauth2/gone")
         with pytest.raises(LoginFailed, match=r"refused the device authorization \(404 not_found.*discontinued"):
             login.request_device_code(pkce_pair()[1])
@@ -385,7 +385,7 @@ def test_device_login_expires_with_the_code(fake):
     fake.device_script = ["authorization_pending"] * 50
     now = [0.0]
     try:
-        with httpx.Client(timeout=10) as client:
+        with httpx2.Client(timeout=10) as client:
             login = DeviceLogin(
                 client,
                 f"{fake.url}/api/v1/oauth2/token",

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from auth.credentials import AuthContext, CredentialError
@@ -253,26 +253,26 @@ def fake() -> Iterator[FakeQwen]:
 def test_fake_portal_checks_token_and_dashscope_headers(fake):
     access, _, _ = fake.issue()
     up = build(Provider(base_url=f"{fake.url}/v1"), auth=AuthContext(access))
-    ok = httpx.post(up.url, headers=up.headers, content=up.body, timeout=10)
+    ok = httpx2.post(up.url, headers=up.headers, content=up.body, timeout=10)
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "Hello! You said: hi"
     missing = {k: v for k, v in up.headers.items() if k != "x-dashscope-authtype"}
-    assert httpx.post(up.url, headers=missing, content=up.body, timeout=10).status_code == 400
+    assert httpx2.post(up.url, headers=missing, content=up.body, timeout=10).status_code == 400
     bad = {**up.headers, "authorization": "Bearer nope"}
-    r = httpx.post(up.url, headers=bad, content=up.body, timeout=10)
+    r = httpx2.post(up.url, headers=bad, content=up.body, timeout=10)
     assert r.status_code == 401 and r.json()["error"]["message"] == fake_qwen.INVALID_TOKEN
     expired, _, _ = fake.issue(lifetime=-1)
     assert (
-        httpx.post(up.url, headers={**up.headers, "authorization": f"Bearer {expired}"}, content=up.body).status_code
+        httpx2.post(up.url, headers={**up.headers, "authorization": f"Bearer {expired}"}, content=up.body).status_code
         == 401
     )
     unknown_model = json.dumps({**BODY, "model": "gpt-4o"})
-    assert httpx.post(up.url, headers=up.headers, content=unknown_model, timeout=10).status_code == 400
+    assert httpx2.post(up.url, headers=up.headers, content=unknown_model, timeout=10).status_code == 400
 
 
 def test_fake_oauth_checks_pkce_and_client(fake):
     token_url = f"{fake.url}/api/v1/oauth2/token"
     base = {"client_id": fake_qwen.CLIENT_ID, "scope": "openid profile email model.completion"}
-    device = httpx.post(
+    device = httpx2.post(
         f"{fake.url}/api/v1/oauth2/device/code",
         data={**base, "code_challenge": fake_qwen.s256("right"), "code_challenge_method": "S256"},
         timeout=10,
@@ -283,11 +283,11 @@ def test_fake_oauth_checks_pkce_and_client(fake):
         "client_id": fake_qwen.CLIENT_ID,
         "device_code": device["device_code"],
     }
-    wrong = httpx.post(token_url, data={**grant, "code_verifier": "wrong"}, timeout=10)
+    wrong = httpx2.post(token_url, data={**grant, "code_verifier": "wrong"}, timeout=10)
     assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_grant")
-    right = httpx.post(token_url, data={**grant, "code_verifier": "right"}, timeout=10)
+    right = httpx2.post(token_url, data={**grant, "code_verifier": "right"}, timeout=10)
     assert right.status_code == 200 and right.json()["resource_url"] == fake.url
-    other_client = httpx.post(token_url, data={**grant, "client_id": "x", "code_verifier": "right"}, timeout=10)
+    other_client = httpx2.post(token_url, data={**grant, "client_id": "x", "code_verifier": "right"}, timeout=10)
     assert other_client.status_code == 401
-    as_json = httpx.post(token_url, json={**grant, "code_verifier": "right"}, timeout=10)
+    as_json = httpx2.post(token_url, json={**grant, "code_verifier": "right"}, timeout=10)
     assert as_json.status_code == 400
