@@ -3,6 +3,10 @@
 Settings come from config.yaml beside this file; `--set config=PATH` picks another.
 """
 
-from addons import chain
+from addons.launch import ensure_listener
+
+ensure_listener()  # before anything listens: re-executes with the configured listener flags if needed
+
+from addons import chain  # noqa: E402
 
 addons = chain()

@@ -1,8 +1,9 @@
-"""Loads config.yaml and puts mitmproxy into the mode the gateway needs.
+"""Loads config.yaml and sets the mitmproxy options the gateway needs.
 
-`mitmdump -s run.py` with no other flag must listen where config.yaml says, as a reverse proxy.
-Options are set in configure(); running() checks that mitmproxy really did it, because some
-versions ignore a mode set from a script and would run an open forward proxy on *:8080.
+The listener itself comes from the command line (addons/launch.py re-executes mitmproxy with the
+configured `--mode reverse:…@PORT --listen-host HOST` when none was given: a script cannot choose
+it). running() checks that mitmproxy really listens as a reverse proxy and stops it otherwise,
+since any other mode would be an open proxy.
 """
 
 from __future__ import annotations
@@ -14,14 +15,10 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.context import Gateway
+from addons.launch import DEFAULT_CONFIG, PLACEHOLDER_TARGET
 from core.config import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
-# Reverse mode needs a target; nothing is ever sent there (every flow is answered or re-targeted),
-# and a flow that slipped through would fail closed against a port nobody listens on.
-PLACEHOLDER_TARGET = "http://127.0.0.1:1"
 
 
 class ConfigLoader:
@@ -37,19 +34,15 @@ class ConfigLoader:
             try:
                 config = load_config(path)
             except ConfigError as e:
-                # Never leave mitmproxy's default open forward proxy on *:8080 up, not even while it
-                # exits: park it on a loopback port. The logged error makes startup abort (exit 1).
-                ctx.options.update(mode=[f"{ReverseMode.type_name}:{PLACEHOLDER_TARGET}@0"], listen_host="127.0.0.1")
+                # At start the logged error makes mitmproxy exit (errorcheck); later (a mitmweb option
+                # edit) the running configuration stays.
                 self.gateway.client_keys = []
                 logger.error("aiclient-mitm: invalid configuration %s: %s", path, e)
                 return
             self.gateway.config = config
             self.gateway.config_path = path.resolve()
-            listen = config.listen
             max_body = int(config.limits.max_body)
             ctx.options.update(
-                mode=[f"{ReverseMode.type_name}:{PLACEHOLDER_TARGET}@{listen.port}"],
-                listen_host=listen.host,
                 connection_strategy="lazy",
                 http2=config.http2,
                 # Bodies between max_body and this hard cap get a 413 in the caller's dialect from
@@ -66,8 +59,6 @@ class ConfigLoader:
         servers = list(proxyserver.servers) if proxyserver else []
         ok = len(servers) == 1 and isinstance(servers[0].mode, ReverseMode)
         addrs = servers[0].listen_addrs if ok else []
-        if ok:
-            ok = any(expected.port in (0, a[1]) for a in addrs)
         if not ok:
             found = ", ".join(f"{s.mode.full_spec} on {s.listen_addrs}" for s in servers) or "no listener"
             logger.error(
@@ -78,7 +69,13 @@ class ConfigLoader:
                 expected.port,
                 expected.host,
             )
+            ctx.master.shutdown()
             return
+        if not any(expected.port in (0, a[1]) for a in addrs):
+            logger.warning(
+                "aiclient-mitm: listening where the command line says, not on port %d of the configuration",
+                expected.port,
+            )
         for host, port, *_ in addrs:
             shown = f"[{host}]" if ":" in host else host
             logger.info("aiclient-mitm listening on http://%s:%d", shown, port)

@@ -21,12 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from collections.abc import Iterator
 from typing import Any
 
 from mitmproxy import contentviews, ctx, http
-from mitmproxy.contentviews.base import TViewLine
-from mitmproxy.contentviews.json import format_json
 
 from addons.context import EXCHANGE, ROUTE, Gateway, Route
 from addons.outcome import outcome_of
@@ -157,38 +154,38 @@ def is_plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-class SseView(contentviews.View):
-    """Server-sent events one by one: the event name, then its data (JSON pretty-printed)."""
+class SseContentview(contentviews.Contentview):
+    """Server-sent events one by one: a `# N event-name` line, then its data (JSON pretty-printed).
+    The output is YAML-shaped (JSON is YAML, the headings are comments), so mitmweb highlights it."""
 
-    name = "SSE"
+    @property
+    def name(self) -> str:
+        return "SSE"
 
-    def __call__(self, data: bytes, **metadata: Any) -> contentviews.TViewResult:
+    @property
+    def syntax_highlight(self) -> contentviews.SyntaxHighlight:
+        return "yaml"
+
+    def prettify(self, data: bytes, metadata: contentviews.Metadata) -> str:
         parser = SseParser()
         events = parser.feed(data) + parser.close()
-        return f"SSE ({len(events)} events)", self._lines(events)
-
-    @staticmethod
-    def _lines(events: list[tuple[str | None, str]]) -> Iterator[TViewLine]:
-        for i, (name, payload) in enumerate(events):
-            if i:
-                yield [("text", "")]
-            yield [("header", f"#{i + 1} "), ("Token_Name_Tag", name or "message")]
+        out = [f"# SSE: {len(events)} events"]
+        for i, (name, payload) in enumerate(events, 1):
+            out.append(f"\n# {i} {name or 'message'}")
             try:
-                parsed = json.loads(payload)
+                out.append(json.dumps(json.loads(payload), indent=4, ensure_ascii=False))
             except ValueError:
-                for line in payload.splitlines() or [""]:
-                    yield [("text", line)]
-                continue
-            yield from format_json(parsed)
+                out.append(payload)
+        return "\n".join(out)
 
-    def render_priority(self, data: bytes, *, content_type: str | None = None, **metadata: Any) -> float:
-        return 2 if data and content_type == "text/event-stream" else 0
+    def render_priority(self, data: bytes, metadata: contentviews.Metadata) -> float:
+        return 2 if data and metadata.content_type == "text/event-stream" else 0
 
 
 class Inspect:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.view = SseView()
+        self.view = SseContentview()
         # Whether flows outlive their hooks (mitmweb/console keep them, -w saves them); under plain
         # mitmdump a copy of every stream and a frozen summary would be waste.
         self.keep_flows = False
@@ -197,8 +194,7 @@ class Inspect:
         self.annotate = True
 
     def load(self, loader: Any) -> None:
-        if contentviews.get(self.view.name) is None:
-            contentviews.add(self.view)
+        contentviews.add(self.view)  # mitmproxy 12 replaces a view of the same name on reload
 
     def configure(self, updated: set[str]) -> None:
         if "save_stream_file" in updated or "flow_detail" in updated:
@@ -211,10 +207,6 @@ class Inspect:
         viewer = ctx.master.addons.get("view") is not None
         self.keep_flows = viewer or bool(getattr(ctx.options, "save_stream_file", None))
         self.annotate = self.keep_flows or getattr(ctx.options, "flow_detail", 1) > 0
-
-    def done(self) -> None:
-        if self.view in contentviews.views:
-            contentviews.remove(self.view)
 
     def request(self, flow: http.HTTPFlow) -> None:
         if self.annotate:

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from mitmproxy import contentviews
-from mitmproxy.contentviews import base
-from mitmproxy.contentviews.json import format_json
 
 from translators.eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
 
@@ -44,30 +42,29 @@ def _payload(msg: EventStreamMessage) -> Any:
         return None
 
 
-def _frame_lines(index: int, msg: EventStreamMessage) -> Iterator[base.TViewLine]:
+def _frame_lines(index: int, msg: EventStreamMessage) -> Iterator[str]:
     h = msg.headers
     mtype = str(h.get(":message-type", "event"))
     if mtype == "exception":
-        yield [("error", f"[{index}] exception {h.get(':exception-type', '?')}")]
+        yield f"[{index}] exception {h.get(':exception-type', '?')}"
     elif mtype == "error":
-        yield [("error", f"[{index}] error {h.get(':error-code', '?')}: {h.get(':error-message', '')}")]
+        yield f"[{index}] error {h.get(':error-code', '?')}: {h.get(':error-message', '')}"
     else:
-        yield [("header", f"[{index}] {mtype} "), ("text", str(h.get(":event-type", "?")))]
+        yield f"[{index}] {mtype} {h.get(':event-type', '?')}"
     for name, value in h.items():
         if name not in _STANDARD_HEADERS and name != ":error-message":
-            yield [("header", f"    {name}: "), ("text", repr(value) if not isinstance(value, str) else value)]
+            yield f"    {name}: {value if isinstance(value, str) else repr(value)}"
     if not msg.payload:
         return
     parsed = _payload(msg)
     if parsed is None:
-        text = msg.payload.decode("utf-8", "replace")
-        yield [("text", "    "), ("Token_Literal_String", text[:2000])]
+        yield "    " + msg.payload.decode("utf-8", "replace")[:2000]
         return
-    for line in format_json(parsed):
-        yield [("text", "    "), *line]
+    for line in json.dumps(parsed, indent=4, ensure_ascii=False).splitlines():
+        yield "    " + line
 
 
-def _summary(messages: list[EventStreamMessage]) -> Iterator[base.TViewLine]:
+def _summary(messages: list[EventStreamMessage]) -> Iterator[str]:
     """The answer put back together: text (thinking tags included, as sent) and tool calls."""
     text: list[str] = []
     calls: dict[str, list[str]] = {}
@@ -95,60 +92,56 @@ def _summary(messages: list[EventStreamMessage]) -> Iterator[base.TViewLine]:
                 calls.setdefault(uid, [])
     if not text and not calls:
         return
-    yield []
-    yield [("header", "-- assistant text --")]
+    yield ""
+    yield "-- assistant text --"
     joined = "".join(text)
-    for line in joined[:_SUMMARY_CHARS].splitlines() or [""]:
-        yield [("text", line)]
+    yield from joined[:_SUMMARY_CHARS].splitlines() or [""]
     if len(joined) > _SUMMARY_CHARS:
-        yield [("text", f"... ({len(joined) - _SUMMARY_CHARS} more characters)")]
+        yield f"... ({len(joined) - _SUMMARY_CHARS} more characters)"
     for uid, parts in calls.items():
-        yield [("header", f"-- tool call {names[uid]} ({uid}) --")]
-        yield [("text", "".join(parts))]
+        yield f"-- tool call {names[uid]} ({uid}) --"
+        yield "".join(parts)
 
 
-class ViewAwsEventStream(base.View):
-    name = "AWS event stream"
+class AwsEventStreamContentview(contentviews.Contentview):
+    """Kiro's binary frames, one by one, then the answer put back together."""
 
-    def __call__(self, data: bytes, **metadata: Any) -> base.TViewResult:
+    @property
+    def name(self) -> str:
+        return "AWS event stream"
+
+    def prettify(self, data: bytes, metadata: contentviews.Metadata) -> str:
         try:
             messages, error = _decode(data)
         except Exception as e:  # the decoder is ours; a bug must not break the inspector
             messages, error = [], f"{type(e).__name__}: {e}"
-        lines: list[base.TViewLine] = []
+        exceptions = sum(1 for m in messages if m.headers.get(":message-type") in ("exception", "error"))
+        head = f"AWS event stream: {len(messages)} frame(s)"
+        if exceptions:
+            head += f", {exceptions} exception(s)"
+        if error is not None:
+            head += ", broken"
+        lines = [head, ""]
         try:
             for i, msg in enumerate(messages, 1):
                 lines.extend(_frame_lines(i, msg))
             lines.extend(_summary(messages))
         except Exception as e:
-            lines.append([("error", f"cannot render the frames: {type(e).__name__}: {e}")])
+            lines.append(f"cannot render the frames: {type(e).__name__}: {e}")
         if error is not None:
-            lines.append([("error", f"stream broken after {len(messages)} frame(s): {error}")])
-        exceptions = sum(1 for m in messages if m.headers.get(":message-type") in ("exception", "error"))
-        desc = f"AWS event stream: {len(messages)} frame(s)"
-        if exceptions:
-            desc += f", {exceptions} exception(s)"
-        if error is not None:
-            desc += ", broken"
-        return desc, iter(lines)
+            lines.append(f"stream broken after {len(messages)} frame(s): {error}")
+        return "\n".join(lines)
 
-    def render_priority(self, data: bytes, *, content_type: str | None = None, **metadata: Any) -> float:
-        return 1.0 if data and content_type == CONTENT_TYPE else 0.0
+    def render_priority(self, data: bytes, metadata: contentviews.Metadata) -> float:
+        return 1.0 if data and metadata.content_type == CONTENT_TYPE else 0.0
 
 
 class KiroView:
-    """Adds the view while the gateway runs (and removes it on unload, so a script reload does not
-    register it twice)."""
+    """Registers the view when the script loads. mitmproxy 12's registry replaces a view of the same
+    name, so a script reload registers it again without a duplicate."""
 
     def __init__(self) -> None:
-        self.view: ViewAwsEventStream | None = None
+        self.view = AwsEventStreamContentview()
 
     def load(self, loader: Any) -> None:
-        if contentviews.get(ViewAwsEventStream.name) is None:
-            self.view = ViewAwsEventStream()
-            contentviews.add(self.view)
-
-    def done(self) -> None:
-        if self.view is not None and self.view in contentviews.views:
-            contentviews.remove(self.view)
-        self.view = None
+        contentviews.add(self.view)

@@ -23,9 +23,11 @@ from pathlib import Path
 import httpx2
 import pytest
 import yaml
+from mitmproxy import contentviews
 from mitmproxy import io as mitm_io
 
-from addons.flow_inspect import SseView, mask_header, mask_url
+from addons.context import Gateway
+from addons.flow_inspect import Inspect, SseContentview, mask_header, mask_url
 from tests.conftest import CLAUDE_KEY, CLIENT_KEY, OPENAI_KEY, RESPONSES_KEY, Fakes, api_key_providers
 from tests.drivers import MODEL, ClaudeDriver
 
@@ -181,15 +183,15 @@ def test_no_credential_is_visible_and_flows_can_be_saved(web, fakes):
 
 
 def test_sse_view_and_masking_helpers():
-    view = SseView()
     data = b'event: a\ndata: {"x": [1, 2]}\n\n: keep-alive\n\ndata: plain text\n\n'
-    description, lines = view(data)
-    lines = list(lines)
-    assert description == "SSE (2 events)"
-    texts = ["".join(t for _, t in line) for line in lines]
-    assert texts[0] == "#1 a" and '    "x": [' in texts and "#2 message" in texts and texts[-1] == "plain text"
-    assert view.render_priority(data, content_type="text/event-stream") == 2
-    assert view.render_priority(data, content_type="application/json") == 0
+    sse = contentviews.Metadata(content_type="text/event-stream")
+    Inspect(Gateway()).load(None)  # registers the view, as when mitmweb loads run.py
+    view = contentviews.registry.get_view(data, sse)  # mitmproxy's own choice for an event stream
+    assert isinstance(view, SseContentview)
+    texts = view.prettify(data, sse).splitlines()
+    assert texts[0] == "# SSE: 2 events" and "# 1 a" in texts and '    "x": [' in texts
+    assert "# 2 message" in texts and texts[-1] == "plain text"
+    assert view.render_priority(data, contentviews.Metadata(content_type="application/json")) == 0
     assert mask_header("Authorization", "Bearer sk-123") == "Bearer ********"
     assert mask_header("x-api-key", "sk-123") == "********"
     assert mask_header("x-goog-api-key", "k") == "********"

@@ -18,7 +18,7 @@ import httpx2
 import pytest
 from mitmproxy import contentviews
 
-from addons.kiro_view import CONTENT_TYPE, KiroView, ViewAwsEventStream
+from addons.kiro_view import CONTENT_TYPE, AwsEventStreamContentview, KiroView
 from auth.credentials import AuthContext
 from auth.kiro_oauth import format_time
 from core.config import Provider
@@ -409,9 +409,11 @@ def _capture(fake: FakeKiro) -> bytes:
 
 
 def _render(data: bytes) -> tuple[str, str]:
-    desc, lines, error = contentviews.get_content_view(ViewAwsEventStream(), data, content_type=CONTENT_TYPE)
-    assert error is None
-    return desc, "\n".join("".join(text for _, text in line) for line in lines)
+    """(first line, the rest) as mitmweb shows them, through mitmproxy's own view selection."""
+    view = contentviews.registry.get_view(data, contentviews.Metadata(content_type=CONTENT_TYPE))
+    assert isinstance(view, AwsEventStreamContentview)
+    desc, _, text = view.prettify(data, contentviews.Metadata(content_type=CONTENT_TYPE)).partition("\n")
+    return desc, text
 
 
 def test_content_view_renders_a_captured_kiro_answer(fake):
@@ -421,8 +423,9 @@ def test_content_view_renders_a_captured_kiro_answer(fake):
     assert "event toolUseEvent" in text and "event metadataEvent" in text and "event meteringEvent" in text
     assert '"toolUseId": "tooluse_' in text and '"contextUsagePercentage"' in text
     assert "-- tool call get_weather (tooluse_" in text and '{"city": "Paris"}' in text
-    assert ViewAwsEventStream().render_priority(data, content_type=CONTENT_TYPE) == 1.0
-    assert ViewAwsEventStream().render_priority(data, content_type="application/json") == 0.0
+    view = AwsEventStreamContentview()
+    assert view.render_priority(data, contentviews.Metadata(content_type=CONTENT_TYPE)) == 1.0
+    assert view.render_priority(data, contentviews.Metadata(content_type="application/json")) == 0.0
 
     fake.inband.append(InBandError(after_frames=1))
     desc, text = _render(_capture(fake))
@@ -441,13 +444,11 @@ def test_content_view_never_raises_on_broken_bodies(fake):
         _render(junk)
 
 
-def test_content_view_addon_registers_and_unregisters():
+def test_content_view_addon_registers_once():
     addon = KiroView()
     addon.load(None)
-    try:
-        assert contentviews.get("AWS event stream") is addon.view is not None
-        KiroView().load(None)  # a second load (script reload) does not register twice
-        assert sum(v.name == "AWS event stream" for v in contentviews.views) == 1
-    finally:
-        addon.done()
-    assert contentviews.get("AWS event stream") is None
+    assert contentviews.registry["AWS event stream"] is addon.view
+    again = KiroView()
+    again.load(None)  # a second load (script reload) replaces it rather than adding another
+    assert contentviews.registry["AWS event stream"] is again.view
+    assert sum(name == "aws event stream" for name in contentviews.registry) == 1

@@ -1,4 +1,4 @@
-"""ConfigLoader: mitmproxy is put into the gateway's mode, and a wrong listener stops the start."""
+"""ConfigLoader: the options the gateway needs, and a listener that is not a reverse proxy stops it."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_sets_reverse_mode_listener_and_limits(tmp_path):
+def test_sets_the_options_and_leaves_the_listener_to_the_command_line(tmp_path):
     gateway = Gateway()
     loader = ConfigLoader(gateway)
     with taddons.context(proxyserver.Proxyserver(), loader) as tctx:
         tctx.configure(
             loader, config=str(write(tmp_path, "listen: {host: 127.0.0.2, port: 3456}\nlimits: {max_body: 1MiB}\n"))
         )
-        assert tctx.options.mode == ["reverse:http://127.0.0.1:1@3456"]
-        assert tctx.options.listen_host == "127.0.0.2"
+        # A script's mode is ignored before the first listener exists (addons/launch.py sets it).
+        assert tctx.options.mode == ["regular"]
         assert tctx.options.connection_strategy == "lazy"
         assert tctx.options.http2 is False
         assert tctx.options.body_size_limit == str(2 * 1024 * 1024 + 1024 * 1024)
@@ -35,14 +35,12 @@ def test_sets_reverse_mode_listener_and_limits(tmp_path):
     assert gateway.config.listen.port == 3456
 
 
-def test_invalid_config_is_logged_and_listener_parked_on_loopback(tmp_path, caplog):
+def test_invalid_config_is_logged(tmp_path, caplog):
     caplog.set_level(logging.ERROR)
     gateway = Gateway()
     loader = ConfigLoader(gateway)
     with taddons.context(proxyserver.Proxyserver(), loader) as tctx:
         tctx.configure(loader, config=str(write(tmp_path, "providers: {openai-custom: {base_url: nope}}\n")))
-        assert tctx.options.mode == ["reverse:http://127.0.0.1:1@0"]
-        assert tctx.options.listen_host == "127.0.0.1"
     assert "providers.openai-custom.base_url: not a URL" in caplog.text
     assert gateway.config_path is None
 
@@ -55,7 +53,7 @@ def test_stream_large_bodies_is_refused(tmp_path):
 
 
 def test_running_without_the_reverse_listener_logs_the_flags(tmp_path, caplog):
-    """What happens when mitmproxy ignores the mode (as on Python 3.12): an error naming the flags."""
+    """A listener that is not the reverse one (a user's wrong --mode): an error naming the flags."""
     caplog.set_level(logging.ERROR)
     loader = ConfigLoader(Gateway())
     with taddons.context(proxyserver.Proxyserver(), loader) as tctx:
