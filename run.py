@@ -3,7 +3,7 @@
 Settings come from config.yaml beside this file; `--set config=PATH` picks another.
 """
 
-from addons.launch import ensure_listener
+from core.launch import ensure_listener
 
 ensure_listener()  # before anything listens: re-executes with the configured listener flags if needed
 

@@ -1,6 +1,6 @@
 """Loads config.yaml and sets the mitmproxy options the gateway needs.
 
-The listener itself comes from the command line (addons/launch.py re-executes mitmproxy with the
+The listener itself comes from the command line (core/launch.py re-executes mitmproxy with the
 configured `--mode reverse:…@PORT --listen-host HOST` when none was given: a script cannot choose
 it). running() checks that mitmproxy really listens as a reverse proxy and stops it otherwise,
 since any other mode would be an open proxy.
@@ -15,8 +15,8 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.context import Gateway
-from addons.launch import DEFAULT_CONFIG, PLACEHOLDER_TARGET
 from core.config import ConfigError, load_config
+from core.launch import DEFAULT_CONFIG, PLACEHOLDER_TARGET
 
 logger = logging.getLogger(__name__)
 

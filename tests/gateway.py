@@ -40,7 +40,7 @@ class GatewayProcess:
 
 
 def start_gateway(
-    workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None, timeout: float = 30.0
+    workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None, timeout: float = 90.0
 ) -> GatewayProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     config = {"listen": {"host": "127.0.0.1", "port": 0}, **config}

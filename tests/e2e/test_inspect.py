@@ -43,7 +43,7 @@ class Web:
     proc: subprocess.Popen[bytes]
 
     def flows(self) -> list[dict]:
-        return httpx2.get(f"{self.api}/flows", timeout=10).json()
+        return httpx2.get(f"{self.api}/flows", headers=WEB_AUTH, timeout=10).json()
 
     def flow(self, marker: str, timeout: float = 10.0) -> dict:
         """The finished flow whose request carried `marker`."""
@@ -51,14 +51,21 @@ class Web:
         while True:
             for f in self.flows():
                 if f.get("response") and "·" in f.get("comment", "") and " ms" in f["comment"]:
-                    body = httpx2.get(f"{self.api}/flows/{f['id']}/request/content.data", timeout=10).content
+                    body = httpx2.get(
+                        f"{self.api}/flows/{f['id']}/request/content.data", headers=WEB_AUTH, timeout=10
+                    ).content
                     if marker.encode() in body:
                         return f
             assert time.monotonic() < deadline, f"no finished flow for {marker}"
             time.sleep(0.05)
 
     def body(self, flow_id: str) -> bytes:
-        return httpx2.get(f"{self.api}/flows/{flow_id}/response/content.data", timeout=10).content
+        return httpx2.get(f"{self.api}/flows/{flow_id}/response/content.data", headers=WEB_AUTH, timeout=10).content
+
+
+# mitmweb's REST API needs its token (mitmproxy >= 11.1.2); a fixed one instead of the random default.
+WEB_TOKEN = "inspect-test-token"
+WEB_AUTH = {"Authorization": f"Bearer {WEB_TOKEN}"}
 
 
 def free_port() -> int:
@@ -83,11 +90,12 @@ def web(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(MITMWEB), "-s", str(REPO / "run.py"), "--set", f"config={workdir / 'config.yaml'}",
-             "--set", "web_open_browser=false", "--set", "web_host=127.0.0.1", "--set", f"web_port={port}"],
+             "--set", "web_open_browser=false", "--set", "web_host=127.0.0.1", "--set", f"web_port={port}",
+             "--set", f"web_password={WEB_TOKEN}"],
             cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while not (m := re.search(r"aiclient-mitm listening on (http://\S+)", log_path.read_text(errors="replace"))):
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")
             time.sleep(0.05)
@@ -129,14 +137,15 @@ def test_streamed_flow_shows_the_clients_body_and_names_the_route(web, fakes, pr
     )
     assert " · ok " in comment and "first token" in comment
     assert web.body(flow["id"]) == received
-    view = httpx2.get(f"{web.api}/flows/{flow['id']}/response/content/sse.json", timeout=10).json()
+    url = f"{web.api}/flows/{flow['id']}/response/content/auto.json"  # mitmweb's own choice of view
+    view = httpx2.get(url, headers=WEB_AUTH, timeout=10).json()
     events = received.count(b"data: ")
-    assert view["description"] == f"SSE ({events} events)"
-    headers = ["".join(text for _, text in line) for line in view["lines"] if line and line[0][0] == "header"]
-    assert len(headers) == events and headers[0].startswith("#1 ")
-    assert any(
-        f"Hello! You said: hi there {marker}".split()[-1] in "".join(t for _, t in line) for line in view["lines"]
-    )
+    assert view["view_name"] == "SSE" and view["syntax_highlight"] == "yaml"
+    lines = view["text"].splitlines()
+    assert lines[0] == f"# SSE: {events} events"
+    headings = [line for line in lines if re.fullmatch(r"# \d+ \S+", line)]
+    assert len(headings) == events and headings[0].startswith("# 1 ")
+    assert marker in view["text"]
 
 
 def test_streamed_body_is_bounded(web, fakes):
@@ -163,7 +172,7 @@ def test_no_credential_is_visible_and_flows_can_be_saved(web, fakes):
     web.flow(marker)
     time.sleep(0.2)
     listing = json.dumps(web.flows())
-    dump = httpx2.get(f"{web.api}/flows/dump", timeout=10)
+    dump = httpx2.get(f"{web.api}/flows/dump", headers=WEB_AUTH, timeout=10)
     assert dump.status_code == 200
     for secret in (CLIENT_KEY, OPENAI_KEY, CLAUDE_KEY, RESPONSES_KEY):
         assert secret not in listing and secret.encode() not in dump.content

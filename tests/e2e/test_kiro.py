@@ -409,15 +409,19 @@ def _capture(fake: FakeKiro) -> bytes:
 
 
 def _render(data: bytes) -> tuple[str, str]:
-    """(first line, the rest) as mitmweb shows them, through mitmproxy's own view selection."""
-    view = contentviews.registry.get_view(data, contentviews.Metadata(content_type=CONTENT_TYPE))
-    assert isinstance(view, AwsEventStreamContentview)
+    """(first line, the rest) as mitmweb shows them."""
+    view = AwsEventStreamContentview()
     desc, _, text = view.prettify(data, contentviews.Metadata(content_type=CONTENT_TYPE)).partition("\n")
     return desc, text
 
 
 def test_content_view_renders_a_captured_kiro_answer(fake):
     data = _capture(fake)
+    KiroView().load(None)  # registers the view, as when mitmweb loads run.py: mitmproxy then picks it
+    assert isinstance(
+        contentviews.registry.get_view(data, contentviews.Metadata(content_type=CONTENT_TYPE)),
+        AwsEventStreamContentview,
+    )
     desc, text = _render(data)
     assert desc.startswith("AWS event stream: ") and "exception" not in desc
     assert "event toolUseEvent" in text and "event metadataEvent" in text and "event meteringEvent" in text

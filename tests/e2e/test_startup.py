@@ -1,7 +1,7 @@
 """Start-up as a user does it: `mitmdump -s run.py` / `mitmweb -s run.py` with no listener flag.
 
 mitmproxy 12 ignores a mode set by a script and would open its forward proxy on *:8080; run.py
-re-executes it with the configured listener before anything listens (addons/launch.py). These tests
+re-executes it with the configured listener before anything listens (core/launch.py). These tests
 watch the process's listening sockets from its start (the pid survives the exec) and assert that
 only the configured address ever listened.
 """

@@ -26,7 +26,7 @@ def test_sets_the_options_and_leaves_the_listener_to_the_command_line(tmp_path):
         tctx.configure(
             loader, config=str(write(tmp_path, "listen: {host: 127.0.0.2, port: 3456}\nlimits: {max_body: 1MiB}\n"))
         )
-        # A script's mode is ignored before the first listener exists (addons/launch.py sets it).
+        # A script's mode is ignored before the first listener exists (core/launch.py sets it).
         assert tctx.options.mode == ["regular"]
         assert tctx.options.connection_strategy == "lazy"
         assert tctx.options.http2 is False
