@@ -28,6 +28,8 @@ class Gateway:
     client_keys: list[bytes] = field(default_factory=list)
     # provider id -> its account pool (built by the Pools addon)
     pools: dict[str, AccountPool] = field(default_factory=dict)
+    # provider id -> models its upstream listed at start (adapters with `models_request`)
+    discovered_models: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -58,7 +58,8 @@ class LocalApi:
         return replies.json_response(200, {"input_tokens": count})
 
     def _models(self, route: Route) -> list[tuple[str, str]]:
-        """(model id, provider) pairs: each provider's list from config (else its defaults), then aliases."""
+        """(model id, provider) pairs: each provider's list from config (else what its upstream listed at
+        start, else its defaults), then aliases."""
         config = self.gateway.config
         out: list[tuple[str, str]] = []
         seen: set[str] = set()
@@ -66,7 +67,11 @@ class LocalApi:
             if route.provider and pid != route.provider:
                 continue
             adapter = ADAPTERS.get(pid)
-            names = config.providers[pid].models or (list(adapter.default_models) if adapter else [])
+            names = (
+                config.providers[pid].models
+                or self.gateway.discovered_models.get(pid)
+                or (list(adapter.default_models) if adapter else [])
+            )
             for name in names:
                 if name not in seen:
                     seen.add(name)

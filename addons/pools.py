@@ -77,9 +77,13 @@ class Pools:
     # -- background work -------------------------------------------------------------------------
 
     def running(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._loop(), name="aiclient-pools")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        loop = asyncio.get_running_loop()
+        for task in (
+            loop.create_task(self._loop(), name="aiclient-pools"),
+            loop.create_task(self._discover_models(), name="aiclient-models"),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def done(self) -> None:
         for task in list(self._tasks):
@@ -114,6 +118,34 @@ class Pools:
                 except CredentialError as e:
                     logger.warning("aiclient-mitm: background refresh of %s/%s failed: %s", pid, acct.label, e)
                     pool.disable(acct, f"token refresh failed: {e}")
+
+    async def _discover_models(self) -> None:
+        """Once at start: the model list of upstreams that publish one (adapter.models_request),
+        asked with the provider's first account that has a token; the built-in list stays otherwise."""
+        for pid, pool in self.gateway.pools.items():
+            adapter = ADAPTERS.get(pid)
+            ask = getattr(adapter, "models_request", None)
+            if ask is None or self.gateway.config.providers[pid].models:
+                continue
+            provider = self.gateway.config.providers[pid]
+            for acct in pool.accounts:
+                if acct.credential is None or acct.state.disabled:
+                    continue
+                try:
+                    url, headers = ask(provider, await acct.credential.auth())
+                    timeout = httpx2.Timeout(30.0, connect=provider.connect_timeout)
+                    async with httpx2.AsyncClient(trust_env=False, timeout=timeout, follow_redirects=False) as client:
+                        r = await client.get(url, headers=headers)
+                    models = adapter.parse_models(r.json()) if r.status_code == 200 else []
+                except (CredentialError, httpx2.HTTPError, ValueError) as e:
+                    logger.info("aiclient-mitm: could not list the models of %s: %s", pid, e)
+                    continue
+                if models:
+                    self.gateway.discovered_models[pid] = models
+                    logger.info("aiclient-mitm: %s lists %d models", pid, len(models))
+                    break
+                logger.info("aiclient-mitm: %s answered %s to the model list", pid, r.status_code)
+                break
 
     async def _health_checks(self) -> None:
         now = time.time()

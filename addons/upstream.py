@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -320,6 +321,7 @@ class Upstream:
             failure.message,
             retry_after=failure.retry_after,
             until=failure.until,
+            all_models=failure.all_models,
         )
 
     def _unavailable(self, route: Route, why: _Unavailable) -> http.Response:
@@ -364,6 +366,7 @@ class Upstream:
             message = f"upstream {exchange.provider} unreachable: {type(e).__name__}: {e}"
             return replies.error_response(route.dialect, 502, message), UpstreamFailure("transient", message)
         exchange.note(str(r.status_code))
+        _note_usage(exchange, r.headers)
         if r.status_code >= 400:
             failure = self._classify(exchange, r.status_code, r.content, r.headers)
             return self._upstream_error(route, exchange, r.status_code, r.content, r.headers, failure), failure
@@ -381,6 +384,9 @@ class Upstream:
         error = exchange.stream_error
         if error is None:
             return None
+        adapted = _stream_failure(exchange, error)
+        if adapted is not None:
+            return adapted
         kind = {429: "rate_limited", 400: "bad_request", 413: "context_too_long"}.get(error.status, "transient")
         return UpstreamFailure(kind, error.message)
 
@@ -431,7 +437,7 @@ class Upstream:
             # Worded so agents (Claude Code's /compact) recognise it and shorten the conversation.
             return replies.error_response(route.dialect, 400, failure.message, code="context_length_exceeded")
         message = exchange.scrub(errors.extract_message(body))
-        retry_after = headers.get("retry-after")
+        retry_after = headers.get("retry-after") or _failure_retry_after(failure)
         if failure is not None and failure.kind in ("auth", "suspended"):
             # The gateway's account was refused, not the caller's key: a 401 would send the client
             # looking at its own credentials.
@@ -491,6 +497,7 @@ class Upstream:
             return
         resp = flow.response
         exchange.note(str(resp.status_code))
+        _note_usage(exchange, resp.headers)
         if not 200 <= resp.status_code < 300:
             return  # buffered; the response hook answers it (retry elsewhere or in the caller's dialect)
         try:
@@ -559,8 +566,11 @@ class Upstream:
         """A relayed stream ended: an in-band upstream error counts against the account."""
         collector = exchange.transcoder.collector if exchange.transcoder else None
         error = collector.error if collector is not None else None
+        adapted = _stream_failure(exchange, error) if error is not None else None
         if error is None:
             exchange.pool.report_success(exchange.member, exchange.model)
+        elif adapted is not None:
+            self._report(exchange, adapted)
         elif error.status in (429, 529, 500, 502, 503, 504):
             kind = "rate_limited" if error.status == 429 else "transient"
             self._report(exchange, UpstreamFailure(kind, error.message))
@@ -608,6 +618,39 @@ class Upstream:
             message = flow.error.msg if flow.error else "connection failed"
             exchange.note("connection error")
             self._report(exchange, UpstreamFailure("transient", message))
+
+
+# -- optional adapter hooks (an adapter that lacks them gets the generic behaviour) -------------------
+
+
+def _note_usage(exchange: Exchange, headers) -> None:
+    """`adapter.usage_windows(headers)`: the account's usage limits as the upstream reported them."""
+    read = getattr(exchange.adapter, "usage_windows", None)
+    if read is not None:
+        try:
+            exchange.pool.note_usage(exchange.member, read(headers))
+        except Exception:
+            logger.exception("aiclient-mitm: could not read the usage headers of %s", exchange.provider)
+
+
+def _stream_failure(exchange: Exchange, error: ir.StreamError) -> UpstreamFailure | None:
+    """`adapter.classify_stream_error(error)`: an in-stream error read like the HTTP form."""
+    classify = getattr(exchange.adapter, "classify_stream_error", None)
+    if classify is None:
+        return None
+    failure = classify(error)
+    failure.message = exchange.scrub(failure.message)
+    return failure
+
+
+def _failure_retry_after(failure: UpstreamFailure | None) -> str | None:
+    """Retry-After for a rate-limit or quota answer the upstream sent without one (reset time in the body)."""
+    if failure is None or failure.kind not in ("rate_limited", "quota_exhausted"):
+        return None
+    wait = failure.retry_after
+    if wait is None and failure.until is not None:
+        wait = failure.until - time.time()
+    return str(max(1, int(wait + 0.999))) if wait is not None else None
 
 
 def _custom_tools(route: Route) -> frozenset[str]:

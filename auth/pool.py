@@ -46,6 +46,9 @@ class AccountState:
     last_error: str | None = None
     last_error_at: float | None = None
     rate_limit_streak: int = 0
+    # What the upstream last said about the account's own usage limits, by window name, e.g.
+    # {"primary": {"used_percent": 40.0, "window_minutes": 300, "resets_at": 1767225600}}.
+    usage_windows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -164,8 +167,10 @@ class AccountPool:
         *,
         retry_after: float | None = None,
         until: float | None = None,
+        all_models: bool = False,
     ) -> None:
-        """Applies the cooldown rules to one failure (kinds as in providers.base.UpstreamFailure)."""
+        """Applies the cooldown rules to one failure (kinds as in providers.base.UpstreamFailure);
+        `all_models` when the limit is the account's, not the model's (a subscription's usage limit)."""
         now = self.clock()
         st = acct.state
         rules = self.rules
@@ -185,13 +190,19 @@ class AccountPool:
                 delay = min(rules.rate_limit_max, rules.rate_limit_base * 2 ** (st.rate_limit_streak - 1))
             st.cooldown_until[model] = now + delay
         elif kind == "quota_exhausted":
-            st.cooldown_until[model] = until if until is not None else now + (retry_after or rules.quota_default)
+            reset = until if until is not None else now + (retry_after or rules.quota_default)
+            st.cooldown_until[ANY_MODEL if all_models else model] = reset
         elif kind == "auth":
             self.disable(acct, f"login expired or key refused: {message}"[:300])
         elif kind in ("forbidden", "suspended"):
             self.disable(acct, message)
         else:  # transient: 408/5xx/timeouts/connection errors
             st.cooldown_until[ANY_MODEL] = now + (retry_after if retry_after is not None else rules.transient)
+
+    def note_usage(self, acct: PoolAccount, windows: dict[str, dict[str, Any]]) -> None:
+        """Keeps the usage windows an upstream reported with an answer (shown by GET /pool)."""
+        if windows:
+            acct.state.usage_windows.update(windows)
 
     def disable(self, acct: PoolAccount, reason: str, until: float | None = None) -> None:
         acct.state.disabled = reason
@@ -233,6 +244,7 @@ class AccountPool:
                     "consecutive_errors": st.consecutive_errors,
                     "last_error": st.last_error,
                     "last_success": st.last_success,
+                    "usage_windows": st.usage_windows,
                 }
             )
         return out
@@ -262,9 +274,7 @@ class AccountPool:
             st = acct.state
             st.disabled = saved.get("disabled")
             st.disabled_until = saved.get("disabled_until")
-            st.cooldown_until = {
-                m: float(u) for m, u in (saved.get("cooldown_until") or {}).items() if float(u) > now
-            }
+            st.cooldown_until = {m: float(u) for m, u in (saved.get("cooldown_until") or {}).items() if float(u) > now}
             st.requests = int(saved.get("requests") or 0)
             st.errors = int(saved.get("errors") or 0)
             st.last_error = saved.get("last_error")

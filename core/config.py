@@ -29,6 +29,7 @@ ProviderId = Literal[
     "gemini-cli-oauth",
     "claude-kiro-oauth",
     "openai-qwen-oauth",
+    "openai-codex-oauth",
     "openai-custom",
     "claude-custom",
     "openaiResponses-custom",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from providers.api_key import ClaudeCustom, OpenAICustom, OpenAIResponsesCustom
 from providers.base import ProviderAdapter, UpstreamRequest
+from providers.codex import Codex
 from providers.gemini_cli import GeminiCli
 from providers.kiro import Kiro
 from providers.qwen import Qwen
@@ -15,5 +16,6 @@ ADAPTERS: dict[str, ProviderAdapter] = {a.id: a for a in (OpenAICustom(), Claude
 ADAPTERS[Qwen.id] = Qwen()
 ADAPTERS[Kiro.id] = Kiro()
 ADAPTERS[GeminiCli.id] = GeminiCli()
+ADAPTERS[Codex.id] = Codex()
 
 __all__ = ["ADAPTERS", "ProviderAdapter", "UpstreamRequest"]

@@ -83,6 +83,8 @@ class UpstreamFailure:
     retry_after: float | None = None
     # Epoch seconds when an exhausted quota resets, when known.
     until: float | None = None
+    # The limit is the account's (a subscription's usage limit), not one model's.
+    all_models: bool = False
 
 
 def parse_retry_after(value: str | None) -> float | None:
