@@ -1,4 +1,4 @@
-"""`python -m auth login gemini|kiro|qwen [...]` and `python -m auth status [--config PATH]`."""
+"""`python -m auth login gemini|kiro|qwen|codex [...]` and `python -m auth status [--config PATH]`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from pathlib import Path
 from auth.status import print_status
 
 # provider name on the command line -> module with `main(argv) -> int`
-LOGINS = {"gemini": "auth.login_gemini", "kiro": "auth.login_kiro", "qwen": "auth.login_qwen"}
+LOGINS = {
+    "gemini": "auth.login_gemini",
+    "kiro": "auth.login_kiro",
+    "qwen": "auth.login_qwen",
+    "codex": "auth.login_codex",
+}
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 
 
@@ -30,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="every configured account with its state; secrets masked")
     status.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    sub.add_parser("login", help="log in to gemini, kiro or qwen (see: python -m auth login <name> --help)")
+    sub.add_parser("login", help="log in to gemini, kiro, qwen or codex (see: python -m auth login <name> --help)")
     args = parser.parse_args(argv)
     return print_status(args.config)
 
