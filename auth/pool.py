@@ -260,6 +260,7 @@ class AccountPool:
                 "last_error": acct.state.last_error,
                 "last_success": acct.state.last_success,
                 "rate_limit_streak": acct.state.rate_limit_streak,
+                "usage_windows": {name: dict(w) for name, w in acct.state.usage_windows.items()},
             }
             for acct in self.accounts
         }
@@ -280,3 +281,5 @@ class AccountPool:
             st.last_error = saved.get("last_error")
             st.last_success = saved.get("last_success")
             st.rate_limit_streak = int(saved.get("rate_limit_streak") or 0)
+            windows = saved.get("usage_windows")
+            st.usage_windows = windows if isinstance(windows, dict) else {}

@@ -15,6 +15,7 @@ import pytest
 
 from auth.codex_oauth import CodexCredential, read_auth_file
 from auth.credentials import AuthContext, CredentialError
+from auth.pool import AccountPool, PoolAccount
 from providers.codex import Codex, CodexDecoder, codex_body, prompt_cache_key, usage_windows
 from tests.fakes.codex import AUTH_CLAIM, FakeCodex, make_jwt
 from translators import ir
@@ -283,3 +284,14 @@ def test_expiry_without_exp_falls_back_to_last_refresh(tmp_path):
     }
     tokens = read_auth_file(write(tmp_path / "auth.json", data))
     assert tokens.expires_at == datetime(2026, 12, 9, tzinfo=UTC).timestamp()
+
+
+def test_pool_keeps_usage_windows_across_a_snapshot():
+    pool = AccountPool("openai-codex-oauth", [PoolAccount("a", None)])
+    pool.note_usage(pool.accounts[0], usage_windows({"x-codex-primary-used-percent": "10"}))
+    snap = pool.snapshot()
+    pool.note_usage(pool.accounts[0], usage_windows({"x-codex-primary-used-percent": "20"}))
+    assert snap != pool.snapshot()  # a change is seen, so the snapshot file is rewritten
+    restored = AccountPool("openai-codex-oauth", [PoolAccount("a", None)])
+    restored.restore(pool.snapshot())
+    assert restored.status()[0]["usage_windows"]["primary"]["used_percent"] == 20.0
