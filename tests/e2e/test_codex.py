@@ -25,6 +25,7 @@ from tests.conftest import CLIENT_KEY
 from tests.drivers import DRIVERS, MODEL, PNG
 from tests.e2e.test_matrix import thinking_of
 from tests.fakes.codex import AUTH_CLAIM, BASE_PATH, FakeCodex, Login, make_jwt
+from tests.fakes.server import Fault
 from tests.gateway import REPO, GatewayProcess, start_gateway
 
 PROVIDER = "openai-codex-oauth"
@@ -391,6 +392,53 @@ def test_in_stream_failure_fails_over_before_the_first_byte(fake, tmp_path, code
     assert answer.json()["choices"][0]["message"]["content"] == "Hello! You said: hi there"
     assert [r.headers["chatgpt-account-id"] for r in fake.responses_requests()] == ["acct-1", "acct-2"]
     assert state["c1"]["state"] == "cooling" and code in state["c1"]["last_error"]
+
+
+def test_stream_failure_after_start_ends_with_the_clients_error_event(fake, tmp_path):
+    creds = write_creds(tmp_path / "auth.json", fake.auth_file("acct-1"))
+    fake.stream_failures.append({"code": "rate_limit_exceeded", "message": "Please try again in 20s."})
+    gw = start_gateway(tmp_path / "gw", codex_config(fake, creds))
+    try:
+        with httpx2.stream(
+            "POST",
+            f"{gw.url}/{PROVIDER}/v1/messages",
+            headers={"x-api-key": CLIENT_KEY},
+            json={"model": MODEL, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        ) as r:
+            body = r.read().decode()
+        state = pool_accounts(gw)["c1"]
+    finally:
+        fake.stream_failures.clear()
+        gw.stop()
+    assert r.status_code == 200
+    assert "event: error" in body and "rate_limit_exceeded" in body
+    assert state["state"] == "cooling" and 15 <= state["cooldown_seconds"]["gpt-5.5"] <= 20
+
+
+def test_cut_stream_fails_over_and_bad_reasoning_blob_is_the_requests_fault(fake, tmp_path):
+    one = write_creds(tmp_path / "a" / "auth.json", fake.auth_file("acct-1"))
+    two = write_creds(tmp_path / "b" / "auth.json", fake.auth_file("acct-2"))
+    fake.clear()
+    fake.faults.append(Fault(kind="reset_mid_stream", after_events=4))
+    gw = start_gateway(tmp_path / "gw", codex_config(fake, one, two, strategy="fill-first"))
+    try:
+        cut = chat(gw)
+        items = [
+            {"type": "reasoning", "summary": [], "encrypted_content": "not-a-blob-we-issued"},
+            {"role": "user", "content": "hi"},
+        ]
+        bad = httpx2.post(
+            f"{gw.url}/{PROVIDER}/v1/responses", headers=AUTH, json={"model": MODEL, "input": items}, timeout=30
+        )
+        state = pool_accounts(gw)
+    finally:
+        fake.faults.clear()
+        gw.stop()
+    assert cut.status_code == 200
+    assert cut.json()["choices"][0]["message"]["content"] == "Hello! You said: hi there"
+    assert bad.status_code == 400 and "invalid_encrypted_content" in bad.json()["error"]["message"]
+    assert state["c2"]["state"] == "ready" and state["c2"]["errors"] == 0  # not the account's fault
 
 
 # -- login ----------------------------------------------------------------------------------------

@@ -223,7 +223,16 @@ class FakeCodex(FakeOpenAIResponses):
         reasoning = body.get("reasoning")
         if reasoning is not None and not isinstance(reasoning, dict):
             raise HttpError(400, "reasoning must be an object", detail=True)
-        prompt = self._input(body.get("input"), [body["instructions"]], False)
+        try:
+            prompt = self._input(body.get("input"), [body["instructions"]], False)
+        except HttpError as e:
+            if "encrypted content" not in e.message:
+                raise
+            # The backend reports an unreadable reasoning blob inside the stream, not as an HTTP error.
+            failure = {"code": "invalid_encrypted_content", "message": e.message}
+            response = {"id": self.new_id("resp_", 40), "object": "response", "model": model, "output": []}
+            ex.send_sse(self._codex_stream(response, failure), headers=self.usage_headers(account))
+            return
         prompt.tools = self._tools(body.get("tools"))
         prompt.thinking = bool(reasoning) and reasoning.get("effort") not in (None, "none")
         answer = brain.answer(prompt)
