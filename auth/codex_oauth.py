@@ -176,6 +176,15 @@ class CodexTokens:
         last = _parse_iso(self.data.get("last_refresh"))
         return last + STALE_AFTER if last is not None else None
 
+    @property
+    def lifetime(self) -> float | None:
+        """`exp - iat` of the access token, when it says both."""
+        claims = jwt_claims(self.access_token)
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if isinstance(exp, int | float) and isinstance(iat, int | float) and exp > iat:
+            return float(exp - iat)
+        return None
+
     def updated(self, answer: dict[str, Any], now: float) -> CodexTokens:
         """A copy with every token field the refresh answer returned (old values kept for the rest)."""
         data = json.loads(json.dumps(self.data))
@@ -323,12 +332,19 @@ class CodexCredential:
     def _usable(self, tokens: CodexTokens) -> bool:
         return self._remaining(tokens) > MIN_VALID
 
+    def _lead(self, tokens: CodexTokens) -> float:
+        """How long before expiry to refresh: refresh_ahead, but at most half the token's lifetime
+        (exp - iat), or a short-lived token would be refreshed on every request."""
+        lead = self.refresh_ahead
+        lifetime = tokens.lifetime
+        if lifetime is not None:
+            lead = min(lead, lifetime / 2)
+        return max(lead, MIN_VALID)
+
     def _wants_refresh(self) -> bool:
         if not self._usable(self._tokens):
             return True
-        return self._remaining(self._tokens) <= max(self.refresh_ahead, MIN_VALID) and (
-            self._clock() >= self._retry_refresh_at
-        )
+        return self._remaining(self._tokens) <= self._lead(self._tokens) and self._clock() >= self._retry_refresh_at
 
     # -- refresh ---------------------------------------------------------------------------------
 
@@ -364,7 +380,7 @@ class CodexCredential:
         self._tokens = on_disk
         self._obtained_at = self._clock()
         fresh = self._usable(on_disk) and on_disk.access_token != failed_token
-        return fresh and (failed_token is not None or self._remaining(on_disk) > self.refresh_ahead)
+        return fresh and (failed_token is not None or self._remaining(on_disk) > self._lead(on_disk))
 
     async def _refresh_grant(self, refresh_token: str) -> None:
         body = {"client_id": CODEX_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": refresh_token}
@@ -403,7 +419,8 @@ class CodexCredential:
             )
         self._tokens = updated
         self._obtained_at = self._clock()
-        self._retry_refresh_at = 0.0
+        # A new token that still looks close to expiry (a skewed clock) is not refreshed again at once.
+        self._retry_refresh_at = self._clock() + RETRY_REFRESH_AFTER
 
     async def _disable(self, refresh_token: str, reason: str) -> None:
         self.disabled = f"{reason}; {LOGIN_HINT}"

@@ -84,10 +84,10 @@ def test_a_missing_file_says_where_to_look(tmp_path):
 
 
 def test_near_expiry_refreshes_once_and_rotates_the_file(fake, tmp_path):
-    data = fake.auth_file("acct-1", lifetime=60)  # inside refresh_ahead
+    data = fake.auth_file("acct-1")
     data["tokens"]["extra"] = "kept"
     path = write(tmp_path / "auth.json", data)
-    cred = credential(fake, path)
+    cred = credential(fake, path, clock=lambda: time.time() + fake.token_lifetime - 60)  # inside refresh_ahead
 
     async def many() -> list[AuthContext]:
         return await asyncio.gather(*(cred.auth() for _ in range(10)))
@@ -295,3 +295,19 @@ def test_pool_keeps_usage_windows_across_a_snapshot():
     restored = AccountPool("openai-codex-oauth", [PoolAccount("a", None)])
     restored.restore(pool.snapshot())
     assert restored.status()[0]["usage_windows"]["primary"]["used_percent"] == 20.0
+
+
+def test_a_short_lived_token_is_not_refreshed_on_every_request(fake, tmp_path):
+    """600 s tokens with refresh_ahead 900: refreshed in their second half, not at every use."""
+    lifetime, fake.token_lifetime = fake.token_lifetime, 600
+    try:
+        path = write(tmp_path / "auth.json", fake.auth_file("acct-1"))
+        cred = credential(fake, path)
+        for _ in range(3):
+            asyncio.run(cred.auth())
+        assert cred.refreshes == 0
+        late = credential(fake, path, clock=lambda: time.time() + 320)
+        asyncio.run(late.auth())
+        assert late.refreshes == 1
+    finally:
+        fake.token_lifetime = lifetime
