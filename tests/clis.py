@@ -114,7 +114,6 @@ def claude_code_env(home: Path, base_url: str, key: str, model: str | None) -> d
             "DISABLE_BUG_COMMAND": "1",
             "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1",
             "CLAUDE_CODE_ENABLE_TELEMETRY": "0",
-            "IS_SANDBOX": "1",
         }
     )
     if model:
