@@ -43,3 +43,16 @@ def test_tool_round_trip(stack: CliStack, tmp_path, provider, version):
     assert result["result"].startswith("Tool results:"), run.describe()
     assert SECRET in result["result"], run.describe()
     assert len(stack.generate_requests(provider)) >= 2
+
+
+@VERSIONS
+@pytest.mark.parametrize("provider", ["claude-custom", "openai-custom"])
+def test_default_model(stack: CliStack, tmp_path, provider, version):
+    """No model variables at all, as a new user starts: Claude Code's own default model (with its
+    adaptive thinking and effort) reaches the provider and the answer comes back."""
+    work = workspace(tmp_path)
+    env = claude_code_env(tmp_path / "home", stack.provider_url(provider), CLIENT_KEY, None)
+    run, result = run_claude_code(version, tmp_path / "home", work, env, "Say hello to the gateway")
+    assert_success(run, result)
+    assert result["result"].startswith("Hello! You said:"), run.describe()
+    assert stack.generate_requests(provider), "the fake upstream saw no request"

@@ -9,6 +9,8 @@ The tool round trip uses the CLI's own read_file tool on a file in the temp dir.
 from __future__ import annotations
 
 import pytest
+from google import genai
+from google.genai import types
 
 from tests.clis import SECRET, gemini_cli_env, read_file_prompt, run_gemini_cli, workspace
 from tests.conftest import CLIENT_KEY
@@ -38,3 +40,19 @@ def test_tool_round_trip(stack: CliStack, tmp_path, provider):
     assert result["response"].startswith("Tool results:"), run.describe()
     assert SECRET in result["response"], run.describe()
     assert len(stack.generate_requests(provider)) >= 2
+
+
+def test_structured_output_with_gemini_types_reaches_openai(stack: CliStack):
+    """Gemini CLI 0.61 asks for JSON with `responseJsonSchema` in Gemini's proto enum types ("OBJECT",
+    "STRING"); an OpenAI upstream refuses those, so the gateway must send JSON Schema's own names."""
+    client = genai.Client(api_key=CLIENT_KEY, http_options=types.HttpOptions(base_url=stack.gateway.url))
+    schema = {
+        "type": "OBJECT",
+        "properties": {"reasoning": {"type": "STRING"}, "next_speaker": {"type": "STRING", "enum": ["user", "model"]}},
+        "required": ["reasoning", "next_speaker"],
+    }
+    config = types.GenerateContentConfig(response_mime_type="application/json", response_json_schema=schema)
+    reply = client.models.generate_content(model=alias("openai-custom"), contents="Say hello", config=config)
+    assert reply.text.startswith("Hello! You said:")
+    sent = stack.generate_requests("openai-custom")[-1].json["response_format"]["json_schema"]["schema"]
+    assert sent["type"] == "object" and sent["properties"]["reasoning"]["type"] == "string"
