@@ -2,16 +2,18 @@
 
 The CLIs come from clients/ (`make test` runs `npm ci` there). A missing binary fails the test loudly:
 these tests are never skipped. Every run gets a throwaway HOME and config dir, has update checks,
-telemetry and other non-essential traffic switched off, and points any proxy-aware HTTP client at a
-dead loopback proxy (everything but 127.0.0.1 bypasses nothing), so the CLIs reach only the gateway.
+telemetry and other non-essential traffic switched off, and points every proxy-aware HTTP client at a
+loopback trap that records and refuses whatever tries to leave 127.0.0.1 (the tests assert it saw nothing).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socketserver
 import subprocess
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,43 @@ from tests.gateway import REPO
 NODE_MODULES = REPO / "clients" / "node_modules"
 CLAUDE_CODE_VERSIONS = ("current", "2.1.141")  # 2.1.141: the last release before mid-conversation system messages
 CLI_TIMEOUT = 90.0
-# Nothing listens on port 9 of loopback: a CLI that tries to leave 127.0.0.1 through its proxy settings fails fast.
-DEAD_PROXY = "http://127.0.0.1:9"
 SECRET = "PINEAPPLE-4711"  # the content of the file the CLIs' own tools read
+
+
+class _TrapHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.settimeout(2)
+        try:
+            first_line = self.request.recv(1024).split(b"\r\n", 1)[0].decode(errors="replace")
+        except OSError:
+            first_line = "(nothing sent)"
+        self.server.attempts.append(first_line)  # type: ignore[attr-defined]
+
+
+class OutboundTrap(socketserver.ThreadingTCPServer):
+    """A loopback "proxy" that records and refuses every request: the CLIs get it as HTTP(S)_PROXY with
+    only 127.0.0.1 exempt, so anything they try to send off the machine shows up in `attempts`."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _TrapHandler)
+        self.attempts: list[str] = []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+_trap: OutboundTrap | None = None
+
+
+def outbound_trap() -> OutboundTrap:
+    global _trap
+    if _trap is None:
+        _trap = OutboundTrap()
+    return _trap
 
 
 def cli_binary(relative: str) -> Path:
@@ -43,14 +79,19 @@ class CliRun:
     returncode: int
     stdout: str
     stderr: str
+    outbound: list[str] = field(default_factory=list)  # requests that tried to leave 127.0.0.1
 
     def describe(self) -> str:
-        return f"$ {' '.join(self.argv)}\nexit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        return (
+            f"$ {' '.join(self.argv)}\nexit {self.returncode}\noutbound attempts: {self.outbound}\n"
+            f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        )
 
 
 def base_env(home: Path) -> dict[str, str]:
-    """Only what a CLI needs: PATH, a throwaway HOME, no inherited keys, proxies or config."""
+    """Only what a CLI needs: PATH, a throwaway HOME, no inherited keys or config, the outbound trap as proxy."""
     home.mkdir(parents=True, exist_ok=True)
+    trap = outbound_trap().url
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
@@ -61,10 +102,10 @@ def base_env(home: Path) -> dict[str, str]:
         "TERM": "dumb",
         "NO_COLOR": "1",
         "CI": "1",
-        "HTTP_PROXY": DEAD_PROXY,
-        "HTTPS_PROXY": DEAD_PROXY,
-        "http_proxy": DEAD_PROXY,
-        "https_proxy": DEAD_PROXY,
+        "HTTP_PROXY": trap,
+        "HTTPS_PROXY": trap,
+        "http_proxy": trap,
+        "https_proxy": trap,
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
     }
@@ -72,6 +113,8 @@ def base_env(home: Path) -> dict[str, str]:
 
 def run_cli(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = CLI_TIMEOUT) -> CliRun:
     (Path(env["HOME"]) / "tmp").mkdir(parents=True, exist_ok=True)
+    trap = outbound_trap()
+    trap.attempts.clear()
     try:
         proc = subprocess.run(
             argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
@@ -80,7 +123,8 @@ def run_cli(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = CL
         out = (exc.stdout or b"").decode(errors="replace")
         err = (exc.stderr or b"").decode(errors="replace")
         pytest.fail(f"{argv[0]} did not finish within {timeout}s\n--- stdout\n{out}\n--- stderr\n{err}")
-    return CliRun(argv, proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    return CliRun(argv, proc.returncode, out, err, list(trap.attempts))
 
 
 def workspace(root: Path) -> Path:
@@ -198,6 +242,14 @@ enabled = false
 
 [feedback]
 enabled = false
+
+[features]
+plugins = false
+remote_plugin = false
+plugin_sharing = false
+apps = false
+skill_search = false
+in_app_updates = false
 """
 
 

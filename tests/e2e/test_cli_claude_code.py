@@ -19,6 +19,7 @@ VERSIONS = pytest.mark.parametrize("version", CLAUDE_CODE_VERSIONS)
 
 def assert_success(run, result: dict) -> None:
     assert run.returncode == 0 and result.get("is_error") is False, run.describe()
+    assert run.outbound == [], f"Claude Code tried to leave 127.0.0.1: {run.outbound}"
 
 
 @VERSIONS

@@ -22,6 +22,7 @@ def test_text_answer(stack: CliStack, tmp_path, provider):
     env = codex_env(tmp_path / "home", f"{stack.gateway.url}/v1", CLIENT_KEY, alias(provider))
     run, answer = run_codex(env, work, "Say hello to the gateway")
     assert run.returncode == 0, run.describe()
+    assert run.outbound == [], f"Codex tried to leave 127.0.0.1: {run.outbound}"
     # Upstreams without Codex's message roles get its environment context merged into the prompt's turn.
     assert answer.startswith("Hello! You said: ") and answer.endswith("Say hello to the gateway"), run.describe()
     assert stack.generate_requests(provider), "the fake upstream saw no request"
@@ -33,5 +34,6 @@ def test_tool_round_trip(stack: CliStack, tmp_path, provider):
     env = codex_env(tmp_path / "home", f"{stack.gateway.url}/v1", CLIENT_KEY, alias(provider))
     run, answer = run_codex(env, work, read_file_prompt(work))
     assert run.returncode == 0, run.describe()
+    assert run.outbound == [], f"Codex tried to leave 127.0.0.1: {run.outbound}"
     assert answer.startswith("Tool results:") and SECRET in answer, run.describe()
     assert len(stack.generate_requests(provider)) >= 2

@@ -25,6 +25,7 @@ def test_text_answer(stack: CliStack, tmp_path, provider):
     env = gemini_cli_env(tmp_path / "home", stack.gateway.url, CLIENT_KEY)
     run, result = run_gemini_cli(env, work, alias(provider), "Say hello to the gateway")
     assert run.returncode == 0, run.describe()
+    assert run.outbound == [], f"Gemini CLI tried to leave 127.0.0.1: {run.outbound}"
     # Gemini CLI puts its session context in the same user turn, before the prompt.
     assert result["response"].startswith("Hello! You said: "), run.describe()
     assert result["response"].endswith("Say hello to the gateway"), run.describe()
@@ -37,6 +38,7 @@ def test_tool_round_trip(stack: CliStack, tmp_path, provider):
     env = gemini_cli_env(tmp_path / "home", stack.gateway.url, CLIENT_KEY)
     run, result = run_gemini_cli(env, work, alias(provider), read_file_prompt(work))
     assert run.returncode == 0, run.describe()
+    assert run.outbound == [], f"Gemini CLI tried to leave 127.0.0.1: {run.outbound}"
     assert result["response"].startswith("Tool results:"), run.describe()
     assert SECRET in result["response"], run.describe()
     assert len(stack.generate_requests(provider)) >= 2
