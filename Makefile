@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONFIG ?= config.yaml
 
-.PHONY: install install-test run test lint bench clean
+.PHONY: install install-test clients run test lint bench clean
 
 # A venv made by another Python (an older checkout's 3.11) is rebuilt.
 $(VENV)/bin/activate: .python-version
@@ -40,7 +40,20 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(VENV)/bin/mitmdump -s run.py --set config=$(CONFIG)
 
-test: install-test
+# The real CLIs the end-to-end tests drive (tests/e2e/test_cli_*.py), pinned in clients/package-lock.json and
+# installed project-locally (never -g). Each binary must answer --version, or the install is a failure here.
+CLIENTS := clients/node_modules
+CLAUDE_CODE_VERSIONS := current 2.1.141
+
+$(CLIENTS)/.installed: clients/package.json clients/package-lock.json
+	cd clients && npm ci --no-audit --no-fund
+	$(foreach v,$(CLAUDE_CODE_VERSIONS),$(CLIENTS)/claude-code-$(v)/bin/claude.exe --version &&) \
+		$(CLIENTS)/.bin/gemini --version && $(CLIENTS)/.bin/codex --version
+	touch $@
+
+clients: $(CLIENTS)/.installed
+
+test: install-test $(CLIENTS)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

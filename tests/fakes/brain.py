@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,7 +108,13 @@ def make_signature(seed: str) -> str:
             return "c2ln" + candidate  # "sig" in base64, so signatures are recognisable in logs
 
 
+# Context blocks Claude Code adds to the user's turn (its system prompt also names the tag in passing, so
+# only whole blocks on their own lines count); a model reads them but answers the user's own words.
+SYSTEM_REMINDER = re.compile(r"^<system-reminder>\n.*?\n</system-reminder>\s*", re.DOTALL | re.MULTILINE)
+
+
 def answer(prompt: Prompt) -> Answer:
+    prompt.text = SYSTEM_REMINDER.sub("", prompt.text).strip()
     text, calls = _reply(prompt)
     finish = "tool_calls" if calls else "stop"
     if not calls and prompt.max_tokens is not None and count_words([text]) > prompt.max_tokens:
@@ -128,11 +134,38 @@ def answer(prompt: Prompt) -> Answer:
     )
 
 
+# The real CLIs' own file-reading tools and the arguments each takes (tests/e2e/test_cli_*.py): asked to
+# "read the file PATH", the brain calls the first of these the request offers, so the CLI really runs it.
+READ_FILE = re.compile(r"read the file (\S+)", re.IGNORECASE)
+CLI_FILE_TOOLS: dict[str, Callable[[str], dict[str, Any]]] = {
+    "Read": lambda path: {"file_path": path},  # Claude Code
+    "read_file": lambda path: {"file_path": path},  # Gemini CLI
+    "exec_command": lambda path: {"cmd": f"cat {path}"},  # Codex
+}
+
+
+def _request_line(text: str) -> str:
+    """The user's own request: the last line of the turn (upstreams without a system role, e.g. Kiro, get
+    the system prompt merged in front of it, and a tool-trigger word there must not count)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _read_file_call(prompt: Prompt) -> ToolCall | None:
+    match = READ_FILE.search(_request_line(prompt.text))
+    if not match:
+        return None
+    name = next((tool for tool in CLI_FILE_TOOLS if tool in prompt.tools), None)
+    return ToolCall(name, CLI_FILE_TOOLS[name](match.group(1))) if name else None
+
+
 def _reply(prompt: Prompt) -> tuple[str, list[ToolCall]]:
     if prompt.tool_results:
         results = [r.text + (" (error)" if r.is_error else "") for r in prompt.tool_results]
         return "Tool results: " + "; ".join(results), []
-    lowered = prompt.text.lower()
+    if call := _read_file_call(prompt):
+        return "", [call]
+    lowered = _request_line(prompt.text).lower()
     if prompt.tools and "parallel" in lowered:
         return "", [ToolCall(prompt.tools[0], {"city": "Paris"}), ToolCall(prompt.tools[0], {"city": "Tokyo"})]
     if prompt.tools and ("tool" in lowered or "weather" in lowered):

@@ -212,6 +212,11 @@ class FakeClaude(FakeServer):
             if not isinstance(msg, dict):
                 raise _invalid(f"messages.{i}: Input should be a valid dictionary")
             role = msg.get("role")
+            if role == "system" and i > 0:
+                # Anthropic accepts system messages inside the conversation (current Claude Code sends them);
+                # they take no part in the user/assistant alternation.
+                self._blocks(msg.get("content"), i, "user", False, texts)
+                continue
             if role not in ("user", "assistant"):
                 raise _invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
             if i == 0 and role != "user":

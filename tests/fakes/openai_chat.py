@@ -51,6 +51,59 @@ def openai_error(err: HttpError) -> dict[str, Any]:
     return {"error": error}
 
 
+JSON_SCHEMA_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+
+
+def check_json_schema_format(fmt: Any, param: str) -> None:
+    """Structured-output formats as OpenAI checks them (Chat `response_format`, Responses `text.format`):
+    a json_schema format needs a name and a schema whose types are JSON Schema's own lowercase names,
+    so Gemini's proto enum types ("OBJECT", "STRING") are refused as OpenAI refuses them."""
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise HttpError(
+            400,
+            f"Invalid value: '{kind}'. Supported values are: 'text', 'json_object', and 'json_schema'.",
+            param=f"{param}.type",
+            code="invalid_value",
+        )
+    if kind != "json_schema":
+        return
+    spec = fmt.get("json_schema", fmt) if param == "response_format" else fmt
+    name = spec.get("name") if isinstance(spec, dict) else None
+    if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+        raise HttpError(400, f"Missing required parameter: '{param}.json_schema.name'.", param=f"{param}.name")
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise HttpError(400, f"Invalid type for '{param}.schema': expected an object.", param=f"{param}.schema")
+    for found in _schema_types(schema):
+        if found not in JSON_SCHEMA_TYPES:
+            raise HttpError(
+                400,
+                f"Invalid schema for response_format '{name}': In context=(), '{found}' is not valid under any of "
+                "the given schemas.",
+                param=param,
+                code="invalid_json_schema",
+            )
+
+
+def _schema_types(node: Any) -> list[Any]:
+    """Every `type` value in a JSON schema (property names are keys under `properties`, not schema keywords)."""
+    if isinstance(node, list):
+        return [t for child in node for t in _schema_types(child)]
+    if not isinstance(node, dict):
+        return []
+    kind = node.get("type")
+    found = list(kind) if isinstance(kind, list) else [] if kind is None else [kind]
+    for key, child in node.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(child, dict):
+            found += [t for sub in child.values() for t in _schema_types(sub)]
+        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "prefixItems"):
+            found += _schema_types(child)
+    return found
+
+
 def check_bearer(request: RecordedRequest, api_key: str) -> None:
     auth = request.headers.get("authorization", "")
     if not auth.startswith("Bearer "):
@@ -183,6 +236,7 @@ class FakeOpenAIChat(FakeServer):
                 param="reasoning_effort",
                 code="invalid_value",
             )
+        check_json_schema_format(body.get("response_format"), "response_format")
         prompt = self._conversation(body.get("messages"))
         prompt.tools = self._tools(body.get("tools"))
         prompt.thinking = effort not in (None, "none")

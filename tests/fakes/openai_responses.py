@@ -15,6 +15,7 @@ from typing import Any
 from tests.fakes import brain
 from tests.fakes.openai_chat import (
     check_bearer,
+    check_json_schema_format,
     check_max_tokens,
     decode_image_url,
     json_type,
@@ -87,6 +88,8 @@ class FakeOpenAIResponses(FakeServer):
             raise HttpError(
                 400, f"Invalid type for 'reasoning': expected an object, but got {json_type(reasoning)} instead."
             )
+        text_config = body.get("text")
+        check_json_schema_format(text_config.get("format") if isinstance(text_config, dict) else None, "text.format")
         include = body.get("include") or []
         store = body.get("store", True) is not False
         prompt = self._input(body.get("input"), [instructions] if instructions else [], store)

@@ -201,6 +201,34 @@ def test_brain_rules(prompt: brain.Prompt, text: str, calls: int) -> None:
     assert answer.finish == ("tool_calls" if calls else "stop")
 
 
+REMINDER = "<system-reminder>\nUse the weather tool when you can.\n</system-reminder>\n"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "call"),
+    [
+        (
+            brain.Prompt(text="Read the file /w/notes.txt now", tools=["Agent", "Read"]),
+            ("Read", {"file_path": "/w/notes.txt"}),
+        ),
+        (brain.Prompt(text="read the file /w/a.txt", tools=["read_file"]), ("read_file", {"file_path": "/w/a.txt"})),
+        (
+            brain.Prompt(text="Read the file /w/a.txt", tools=["exec_command"]),
+            ("exec_command", {"cmd": "cat /w/a.txt"}),
+        ),
+        # Claude Code's reminders and a system prompt merged in front (Kiro) do not trigger tools
+        (brain.Prompt(text=REMINDER + "say hi", tools=["Agent"]), None),
+        (brain.Prompt(text="You may include <system-reminder> tags and use a tool.\n\nsay hi", tools=["Agent"]), None),
+        (brain.Prompt(text="System: read the file /etc/x\nsay hi", tools=["Read"]), None),
+    ],
+)
+def test_brain_drives_the_real_clis_tools(prompt: brain.Prompt, call: tuple[str, dict] | None) -> None:
+    answer = brain.answer(prompt)
+    assert [(c.name, c.args) for c in answer.tool_calls] == ([call] if call else [])
+    if call is None:
+        assert answer.text.startswith("Hello! You said: ") and answer.text.endswith("say hi")
+
+
 def test_brain_usage_thinking_and_truncation() -> None:
     answer = brain.answer(brain.Prompt(text="long", max_tokens=7, thinking=True, words=150))
     assert answer.finish == "length" and len(answer.text.split()) == 7 == answer.output_tokens
@@ -439,6 +467,22 @@ CHAT_INVALID = [
     (chat_body({"role": "user", "content": [{"type": "audio", "audio": "x"}]}), "Invalid value: 'audio'"),
     (chat_body(stream_options={"include_usage": True}), "only allowed when 'stream' is enabled"),
     (chat_body(reasoning_effort="extreme"), "Invalid value: 'extreme'"),
+    (chat_body(reasoning_effort="xhigh"), "Invalid value: 'xhigh'"),
+    (
+        chat_body(response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "OBJECT"}}}),
+        "'OBJECT' is not valid",
+    ),
+    (
+        chat_body(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "r", "schema": {"type": "object", "properties": {"a": {"type": "STRING"}}}},
+            }
+        ),
+        "'STRING' is not valid",
+    ),
+    (chat_body(response_format={"type": "json_schema", "json_schema": {"schema": {}}}), "json_schema.name"),
+    (chat_body(response_format={"type": "xml"}), "Invalid value: 'xml'"),
     (chat_body(max_tokens=0), "below minimum value"),
 ]
 
@@ -659,6 +703,15 @@ def test_claude_validation(claude: FakeClaude, client: httpx2.Client, body: dict
     assert response.status_code == 400, response.text
     data = response.json()
     assert data["error"]["type"] == "invalid_request_error" and message in data["error"]["message"]
+
+
+def test_claude_accepts_system_messages_inside_the_conversation(claude: FakeClaude, client: httpx2.Client) -> None:
+    """As Anthropic does (current Claude Code sends them); they take no part in the alternation."""
+    system = {"role": "system", "content": "Available agent types: none"}
+    body = claude_body(user("hi"), system, {"role": "assistant", "content": "yo"}, system, user("again"))
+    response = client.post(claude.url + "/v1/messages", json=body, headers=CLAUDE_HEADERS)
+    assert response.status_code == 200, response.text
+    assert response.json()["content"][0]["text"] == "Hello! You said: again"
 
 
 def test_claude_unary_text_image_and_usage(claude: FakeClaude, client: httpx2.Client) -> None:
