@@ -172,7 +172,9 @@ def _check_schema(schema: Any, path: str) -> None:
     properties = schema.get("properties")
     if properties is not None and not isinstance(properties, dict):
         raise _invalid(f"Invalid JSON payload received. Expected an object at '{path}.properties'.")
-    if isinstance(kind, str) and kind.upper() == "OBJECT" and not properties:
+    # Gemini refuses an explicit empty map on an OBJECT ("properties": {}); an object schema without
+    # the key (a free-form map, e.g. Claude Code's AskUserQuestion.answers) is accepted.
+    if isinstance(kind, str) and kind.upper() == "OBJECT" and properties is not None and not properties:
         raise _invalid(f"* GenerateContentRequest.{path}.properties: should be non-empty for OBJECT type\n")
     for n, sub in enumerate((properties or {}).values()):
         _check_schema(sub, f"{path}.properties[{n}].value")
