@@ -6,6 +6,7 @@ from addons.client_auth import ClientAuth
 from addons.config_loader import ConfigLoader
 from addons.context import Gateway
 from addons.flow_inspect import Inspect
+from addons.google_api import ModelDiscovery, RemoteCountTokens
 from addons.kiro_view import KiroView
 from addons.lean import Lean
 from addons.local_api import LocalApi
@@ -30,8 +31,12 @@ def chain() -> list[object]:
         Router(gateway),
         # Before LocalApi so count_tokens counts the system prompt the upstream will really get.
         SystemPrompt(gateway),
+        # Before LocalApi: a provider with a real countTokens endpoint counts instead of the estimate.
+        RemoteCountTokens(gateway),
         LocalApi(gateway),
         Pools(gateway),
+        # After Pools: lists models with an account of the pool.
+        ModelDiscovery(gateway),
         Upstream(gateway),
         PromptLog(gateway),
         Usage(gateway),

@@ -181,6 +181,9 @@ class Router:
             problem = self._choose_provider(route, prefix, req.headers.get("model-provider"))
             if problem:
                 return replies.error_response(dialect, 400, problem)
+        elif endpoint.operation == "count_tokens":
+            # A provider with a real count (gemini-custom, vertex-ai) is asked; else LocalApi estimates.
+            self._choose_provider(route, prefix, req.headers.get("model-provider"))
         flow.metadata[ROUTE] = route
         return None
 

@@ -37,7 +37,7 @@ from auth.pool import AccountPool, AllCoolingDown, NoUsableAccount, PoolAccount
 from auth.rate_limit import request_limits
 from core.config import Provider
 from core.http1 import Http1Client, HttpError
-from providers import ADAPTERS, ProviderAdapter, UpstreamRequest
+from providers import ADAPTERS, ProviderAdapter, UpstreamRequest, upstream_dialect
 from providers.base import UpstreamFailure
 from translators import errors, get_codec, ir
 from translators.accumulate import ResponseAccumulator
@@ -73,6 +73,8 @@ class Exchange:
     response: ir.Response | None = None
     # An error the upstream sent inside a stream that was read whole.
     stream_error: ir.StreamError | None = None
+    # The upstream's wire dialect for this model (Vertex serves Gemini and Claude models).
+    dialect: str = ""
 
     @property
     def account(self) -> str:
@@ -253,10 +255,18 @@ class Upstream:
         """The attempt's Exchange with its rendered request, or a local answer that ends the request."""
         adapter = ADAPTERS[provider]
         pool = self.gateway.pools[provider]
-        passthrough = adapter.dialect == route.dialect and not route.ir_modified and not adapter.wraps_responses
+        dialect = upstream_dialect(adapter, model)
+        passthrough = (
+            dialect == route.dialect
+            and not route.ir_modified
+            and not adapter.wraps_responses
+            # A Gemini client's JSON-array stream is written by the encoder from the upstream's SSE.
+            and not (route.dialect == "gemini" and route.stream and route.gemini_mode == "json")
+        )
         exchange = Exchange(
             provider, model, adapter, self.gateway.config.providers[provider], pool, member, {}, passthrough
         )
+        exchange.dialect = dialect
         exchange.attempts = attempts
         flow.metadata[EXCHANGE] = exchange
         limited = request_limits.refusal(provider, exchange.config, member.label)
@@ -267,7 +277,7 @@ class Upstream:
         try:
             if not passthrough and not adapter.accepts_image_urls:
                 await inline_remote_images(route.request, self.gateway.config.images, self.client(), provider)
-            exchange.body = self._upstream_body(route, adapter, passthrough, model)
+            exchange.body = self._upstream_body(route, adapter, passthrough, model, dialect)
         except TranslationError as e:
             exchange.release()
             return exchange, replies.error_response(route.dialect, e.status, str(e))
@@ -284,11 +294,13 @@ class Upstream:
         exchange.request = self._build(flow.request.headers, route, exchange, auth)
         return exchange, None
 
-    def _upstream_body(self, route: Route, adapter: ProviderAdapter, passthrough: bool, model: str) -> dict[str, Any]:
+    def _upstream_body(
+        self, route: Route, adapter: ProviderAdapter, passthrough: bool, model: str, dialect: str
+    ) -> dict[str, Any]:
         if passthrough:
             # Same dialect: the client's JSON with only the model changed.
             body = dict(route.body or {})
-            if "model" in body or adapter.dialect != "gemini":
+            if "model" in body or dialect != "gemini":
                 body["model"] = model
             return body
         return adapter.render(self.gateway.config.providers[adapter.id], route.request, model)
@@ -414,7 +426,7 @@ class Upstream:
                 body = encoder.feed(events) + encoder.close()
                 return http.Response.make(200, body, self._stream_headers(route))
         else:
-            exchange.response = get_codec(exchange.adapter.dialect).parse_response(json.loads(content))
+            exchange.response = get_codec(exchange.dialect).parse_response(json.loads(content))
         codec = get_codec(route.dialect)
         if route.dialect == "openai_responses":
             # Only the request knows which tools were freeform (custom) ones: their calls go back
@@ -526,7 +538,7 @@ class Upstream:
         up = exchange.request
         if up is not None and up.decoder is not None:
             return up.decoder()
-        return get_codec(exchange.adapter.dialect).decoder()
+        return get_codec(exchange.dialect).decoder()
 
     def _encoder_options(self, route: Route, exchange: Exchange) -> EncoderOptions:
         up = exchange.request

@@ -33,6 +33,8 @@ ProviderId = Literal[
     "openai-custom",
     "claude-custom",
     "openaiResponses-custom",
+    "gemini-custom",
+    "vertex-ai",
 ]
 PROVIDER_IDS: tuple[str, ...] = ProviderId.__args__  # type: ignore[attr-defined]
 
@@ -60,6 +62,8 @@ class Account(_Strict):
     credentials: Path | None = None
     credentials_base64: SecretStr | None = None
     project_id: str | None = None
+    # vertex-ai: the region of the endpoint ("us-central1", "europe-west4", ... or "global").
+    location: str | None = None
     enabled: bool = True
 
     def display_label(self, index: int) -> str:

@@ -6,9 +6,10 @@ Each adapter knows its upstream's dialect, URL, auth headers and default models;
 from __future__ import annotations
 
 from providers.api_key import ClaudeCustom, OpenAICustom, OpenAIResponsesCustom
-from providers.base import ProviderAdapter, UpstreamRequest
+from providers.base import ProviderAdapter, UpstreamRequest, upstream_dialect
 from providers.codex import Codex
 from providers.gemini_cli import GeminiCli
+from providers.google import GeminiCustom, VertexAI
 from providers.kiro import Kiro
 from providers.qwen import Qwen
 
@@ -17,5 +18,7 @@ ADAPTERS[Qwen.id] = Qwen()
 ADAPTERS[Kiro.id] = Kiro()
 ADAPTERS[GeminiCli.id] = GeminiCli()
 ADAPTERS[Codex.id] = Codex()
+ADAPTERS[GeminiCustom.id] = GeminiCustom()
+ADAPTERS[VertexAI.id] = VertexAI()
 
-__all__ = ["ADAPTERS", "ProviderAdapter", "UpstreamRequest"]
+__all__ = ["ADAPTERS", "ProviderAdapter", "UpstreamRequest", "upstream_dialect"]

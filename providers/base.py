@@ -115,6 +115,13 @@ def classify_http_error(status: int, message: str, headers: Mapping[str, str]) -
     return UpstreamFailure("transient", message, retry_after)
 
 
+def upstream_dialect(adapter: ProviderAdapter, model: str) -> str:
+    """The upstream's wire dialect for this model: one fixed dialect for most adapters; an adapter
+    whose upstream serves several (Vertex: Gemini and Claude models) says per model in dialect_for()."""
+    dialect_for = getattr(adapter, "dialect_for", None)
+    return dialect_for(model) if dialect_for is not None else adapter.dialect
+
+
 def render_with_codec(dialect: str, request: ir.Request, model: str) -> dict[str, Any]:
     """render() of every adapter whose upstream speaks a client dialect."""
     return get_codec(dialect).render_request(request, model)

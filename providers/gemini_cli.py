@@ -210,25 +210,9 @@ class GeminiCli:
         self, status: int, body: bytes, headers: Mapping[str, str], account: str | None = None
     ) -> UpstreamFailure:
         """upstreams.md 1.8 (gemini-cli's googleQuotaErrors): delays, quota vs rate limit, verification."""
-        error = _google_error(body)
         message = extract_message(body)
-        d = _Details(error)
-        reset_delay = parse_duration(d.metadata.get("quotaResetDelay"))
-        retry_in = _RETRY_IN.search(message)
-        delay = (
-            d.retry_delay
-            if d.retry_delay is not None
-            else reset_delay
-            if reset_delay is not None
-            else parse_duration(retry_in.group(1))
-            if retry_in
-            else parse_retry_after(headers.get("retry-after"))
-        )
-        until = _timestamp(d.metadata.get("quotaResetTimeStamp"))
-        if until is None and delay is not None:
-            until = time.time() + delay
+        d = _Details(_google_error(body))
         who = f"account {account}" if account else "this account"
-
         if status == 401:
             return UpstreamFailure("auth", message)
         if status == 403:
@@ -244,25 +228,57 @@ class GeminiCli:
                 f"Code Assist refused {who}: {message} (it needs a Gemini Code Assist licence and a project it may "
                 "use; check accounts[].project_id)",
             )
-        if status in (429, 499, 503) and "limit: 0" in message:
-            return UpstreamFailure("quota_exhausted", f"no quota for this model on {who}: {message}")
-        if d.reason in ("MODEL_CAPACITY_EXHAUSTED", "MODEL_CAPACITY_EXCEEDED"):
-            return UpstreamFailure("transient", message, delay)
-        if d.reason in ("QUOTA_EXHAUSTED", "INSUFFICIENT_G1_CREDITS_BALANCE") or d.quota("PerDay", "Daily"):
-            return UpstreamFailure("quota_exhausted", message, delay, until)
-        if d.quota("PerMinute"):
-            return UpstreamFailure("rate_limited", message, delay if delay is not None else 60.0)
-        if d.reason == "RATE_LIMIT_EXCEEDED":
-            if delay is not None and delay <= MAX_SHORT_RETRY:
-                return UpstreamFailure("rate_limited", message, delay)
-            return UpstreamFailure("quota_exhausted", message, delay, until)
-        if not d.reason and "exhausted your capacity" in message:
-            return UpstreamFailure("transient", message, delay)  # server capacity: switch account now
-        if status == 429:
-            return UpstreamFailure("rate_limited", message, delay)
-        if status == 404:
-            return UpstreamFailure("not_found", message)
-        if status in (400, 413, 422):
-            kind = "context_too_long" if _CONTEXT_TOO_LONG.search(message) else "bad_request"
-            return UpstreamFailure(kind, message)
+        return classify_google_error(status, body, headers, account=account)
+
+
+def classify_google_error(
+    status: int, body: bytes, headers: Mapping[str, str], *, account: str | None = None
+) -> UpstreamFailure:
+    """What a Google API error means (upstreams.md 1.8, gemini-cli's googleQuotaErrors): delays from
+    RetryInfo / quotaResetDelay / the message, spent quota vs short rate limit, capacity, 404, 400.
+    Shared by every Google upstream; 401 and 403 are each provider's own to word."""
+    error = _google_error(body)
+    message = extract_message(body)
+    d = _Details(error)
+    reset_delay = parse_duration(d.metadata.get("quotaResetDelay"))
+    retry_in = _RETRY_IN.search(message)
+    delay = (
+        d.retry_delay
+        if d.retry_delay is not None
+        else reset_delay
+        if reset_delay is not None
+        else parse_duration(retry_in.group(1))
+        if retry_in
+        else parse_retry_after(headers.get("retry-after"))
+    )
+    until = _timestamp(d.metadata.get("quotaResetTimeStamp"))
+    if until is None and delay is not None:
+        until = time.time() + delay
+    who = f"account {account}" if account else "this account"
+    if status in (429, 499, 503) and "limit: 0" in message:
+        return UpstreamFailure("quota_exhausted", f"no quota for this model on {who}: {message}")
+    if d.reason in ("MODEL_CAPACITY_EXHAUSTED", "MODEL_CAPACITY_EXCEEDED"):
         return UpstreamFailure("transient", message, delay)
+    if d.reason in ("QUOTA_EXHAUSTED", "INSUFFICIENT_G1_CREDITS_BALANCE") or d.quota("PerDay", "Daily"):
+        return UpstreamFailure("quota_exhausted", message, delay, until)
+    if d.quota("PerMinute"):
+        return UpstreamFailure("rate_limited", message, delay if delay is not None else 60.0)
+    if d.reason == "RATE_LIMIT_EXCEEDED":
+        if delay is not None and delay <= MAX_SHORT_RETRY:
+            return UpstreamFailure("rate_limited", message, delay)
+        return UpstreamFailure("quota_exhausted", message, delay, until)
+    if not d.reason and "exhausted your capacity" in message:
+        return UpstreamFailure("transient", message, delay)  # server capacity: switch account now
+    if status == 429:
+        return UpstreamFailure("rate_limited", message, delay)
+    if status == 404:
+        return UpstreamFailure("not_found", message)
+    if status in (400, 413, 422):
+        kind = "context_too_long" if _CONTEXT_TOO_LONG.search(message) else "bad_request"
+        return UpstreamFailure(kind, message)
+    return UpstreamFailure("transient", message, delay)
+
+
+def google_error_reason(body: bytes) -> str:
+    """`ErrorInfo.reason` of a Google API error body ("API_KEY_INVALID", "SERVICE_DISABLED"...), or ""."""
+    return _Details(_google_error(body)).reason
