@@ -21,7 +21,12 @@ from translators.base import TranslationError
 
 logger = logging.getLogger(__name__)
 
-_GEMINI_PATH = re.compile(r"^/(?:v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|countTokens)$")
+# The Gemini API's path, and Vertex AI's (google-genai in Vertex mode pointed at the gateway; the
+# client's project and location are not used: the provider's account decides).
+_GEMINI_PATH = re.compile(
+    r"^/(?:v1beta|v1|v1beta1)/(?:projects/[^/]+/locations/[^/]+/)?(?:publishers/google/)?"
+    r"models/([^/:]+):(generateContent|streamGenerateContent|countTokens)$"
+)
 _MODEL_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+)$")
 
 

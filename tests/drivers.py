@@ -40,11 +40,12 @@ PNG_B64 = base64.b64encode(PNG).decode()
 
 
 class ChatDriver:
-    def __init__(self, url: str, provider: str) -> None:
+    def __init__(self, url: str, provider: str, model: str = MODEL) -> None:
+        self.model = model
         self.client = openai.OpenAI(base_url=f"{url}/{provider}/v1", api_key=CLIENT_KEY, max_retries=0)
 
     def ask(self, messages: list[dict], stream: bool, tools: list | None = None) -> tuple[str, list[dict]]:
-        kw: dict[str, Any] = {"model": MODEL, "messages": messages}
+        kw: dict[str, Any] = {"model": self.model, "messages": messages}
         if tools:
             kw["tools"] = tools
         if not stream:
@@ -102,11 +103,12 @@ class ChatDriver:
 
 
 class ResponsesDriver:
-    def __init__(self, url: str, provider: str) -> None:
+    def __init__(self, url: str, provider: str, model: str = MODEL) -> None:
+        self.model = model
         self.client = openai.OpenAI(base_url=f"{url}/{provider}/v1", api_key=CLIENT_KEY, max_retries=0)
 
     def ask(self, items: list, stream: bool, tools: list | None = None):
-        kw: dict[str, Any] = {"model": MODEL, "input": items}
+        kw: dict[str, Any] = {"model": self.model, "input": items}
         if tools:
             kw["tools"] = tools
         if not stream:
@@ -141,11 +143,12 @@ class ResponsesDriver:
 
 
 class ClaudeDriver:
-    def __init__(self, url: str, provider: str) -> None:
+    def __init__(self, url: str, provider: str, model: str = MODEL) -> None:
+        self.model = model
         self.client = anthropic.Anthropic(base_url=f"{url}/{provider}", api_key=CLIENT_KEY, max_retries=0)
 
     def ask(self, messages: list, stream: bool, tools: list | None = None):
-        kw: dict[str, Any] = {"model": MODEL, "max_tokens": 512, "messages": messages}
+        kw: dict[str, Any] = {"model": self.model, "max_tokens": 512, "messages": messages}
         if tools:
             kw["tools"] = tools
         if not stream:
@@ -186,7 +189,8 @@ class ClaudeDriver:
 
 
 class GeminiDriver:
-    def __init__(self, url: str, provider: str) -> None:
+    def __init__(self, url: str, provider: str, model: str = MODEL) -> None:
+        self.model = model
         self.client = genai.Client(
             api_key=CLIENT_KEY,
             http_options=types.HttpOptions(base_url=f"{url}/{provider}/", retry_options=None),
@@ -195,10 +199,10 @@ class GeminiDriver:
     def ask(self, contents: list, stream: bool, config: types.GenerateContentConfig | None = None):
         """(text, function calls, the model's content to replay)."""
         if not stream:
-            r = self.client.models.generate_content(model=MODEL, contents=contents, config=config)
+            r = self.client.models.generate_content(model=self.model, contents=contents, config=config)
             return r.text or "", list(r.function_calls or []), r.candidates[0].content
         text, calls, parts = "", [], []
-        for chunk in self.client.models.generate_content_stream(model=MODEL, contents=contents, config=config):
+        for chunk in self.client.models.generate_content_stream(model=self.model, contents=contents, config=config):
             if chunk.candidates and chunk.candidates[0].content and chunk.candidates[0].content.parts:
                 for part in chunk.candidates[0].content.parts:
                     parts.append(part)
