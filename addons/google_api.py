@@ -110,13 +110,14 @@ class ModelDiscovery:
         self.gateway = gateway
         self._task: asyncio.Task[None] | None = None
         self._running = False
+        self._listed_for: object | None = None  # the Config the last discovery ran for
 
     def running(self) -> None:
         self._running = True
         self._start()
 
     def configure(self, updated: set[str]) -> None:
-        if "config" in updated and self._running:
+        if "config" in updated and self._running and self.gateway.config is not self._listed_for:
             self._start()
 
     async def done(self) -> None:
@@ -126,6 +127,7 @@ class ModelDiscovery:
                 await self._task
 
     def _start(self) -> None:
+        self._listed_for = self.gateway.config
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = asyncio.get_running_loop().create_task(self._discover_all(), name="aiclient-models")

@@ -41,6 +41,7 @@ GEMINI_MODELS = (
 )
 CLAUDE_MODELS = ("claude-sonnet-4-5@20250929", "claude-haiku-4-5@20251001", "claude-opus-4-1@20250805")
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 API_PATH = re.compile(r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent|countTokens)")
@@ -169,9 +170,16 @@ class _SignedGemini(FakeGemini):
 class FakeGeminiApi(_SignedGemini):
     """generativelanguage.googleapis.com with an API key; `models_page_size` pages GET /v1beta/models."""
 
-    def __init__(self, api_key: str = "gemini-test-key", *, models_page_size: int = 2, **kw: Any) -> None:
-        super().__init__(api_key, **kw)
+    def __init__(self, *api_keys: str, models_page_size: int = 2, **kw: Any) -> None:
+        super().__init__(api_keys[0] if api_keys else "gemini-test-key", **kw)
+        self.api_keys = set(api_keys) or {self.api_key}
         self.models_page_size = models_page_size
+
+    def _check_auth(self, key: str | None) -> None:
+        # FakeGemini's checks (missing key 403, wrong key 400 API_KEY_INVALID) for any of the keys.
+        if key in self.api_keys:
+            return
+        super()._check_auth(key)
 
     def handle(self, ex: Exchange) -> None:
         request = ex.request
@@ -228,7 +236,7 @@ class FakeGeminiApi(_SignedGemini):
     def _models_page(self, query: dict[str, str]) -> dict[str, Any]:
         size = min(int(query.get("pageSize") or 50), self.models_page_size)
         start = int(query.get("pageToken") or 0)
-        listed = [*GEMINI_MODELS, "text-embedding-004"]
+        listed = [*GEMINI_MODELS, "text-embedding-004", "gemini-2.0-flash-001"]
         page = listed[start : start + size]
         methods = {True: ["embedContent"], False: ["generateContent", "countTokens"]}
         models = [
@@ -313,7 +321,8 @@ class FakeVertex(_SignedGemini):
             return refuse("Invalid JWT: algorithm must be RS256.")
         if claims.get("iss") != self.client_email:
             return 401, {"error": "invalid_client", "error_description": "The OAuth client was not found."}
-        if claims.get("aud") != self.token_url:
+        # Google's token endpoint is the audience whichever URL the grant is posted to (google-auth sets it so).
+        if claims.get("aud") != GOOGLE_TOKEN_AUDIENCE:
             return refuse("Invalid JWT: Failed audience check.")
         if CLOUD_PLATFORM not in str(claims.get("scope", "")).split():
             return 400, {"error": "invalid_scope", "error_description": "Invalid OAuth scope."}
