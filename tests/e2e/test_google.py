@@ -293,7 +293,13 @@ def test_models_are_listed_from_the_api_and_the_builtin_vertex_list(gw, api_fake
 
 @pytest.fixture(scope="module")
 def err_gw(api_fake, vertex_fake, service_account, tmp_path_factory) -> Iterator[GatewayProcess]:
-    config = google_config(api_fake, vertex_fake, service_account[0], retry={"max_wait": 0})
+    config = google_config(
+        api_fake,
+        vertex_fake,
+        service_account[0],
+        retry={"max_wait": 0},
+        fallback={"providers": {"gemini-custom": ["vertex-ai"]}},
+    )
     config["providers"]["gemini-custom"]["accounts"].append({"label": "k2", "api_key": GEMINI_KEY_2})
     config["providers"]["gemini-custom"]["strategy"] = "fill-first"
     gateway = start_gateway(tmp_path_factory.mktemp("google-err"), config)
@@ -345,30 +351,31 @@ def test_unknown_model_is_a_404_naming_it(err_gw, provider, model, needle):
     assert needle in str(caught.value)
 
 
-def test_rate_limit_retry_info_cools_the_account_for_that_long(err_gw, api_fake):
+def test_rate_limit_retry_info_cools_the_account_for_that_long(err_gw, api_fake, vertex_fake):
+    """Both keys answer 429 with RetryInfo 7s: each is cooled for that model for 7 s, and the
+    fallback provider (Vertex) serves the request meanwhile."""
     model = "gemini-2.5-pro"
     api_fake.faults.extend([Fault(429, rate_limit_error("7s")), Fault(429, rate_limit_error("7s"))])
-    client = openai.OpenAI(base_url=f"{err_gw.url}/gemini-custom/v1", api_key=CLIENT_KEY, max_retries=0)
-    with pytest.raises(openai.RateLimitError) as caught:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
-    assert len(generate_requests(api_fake)) == 2  # both keys tried once, then none left
-    assert "You exceeded your current quota" in str(caught.value)
+    assert ChatDriver(err_gw.url, "gemini-custom", model).text("hi there", False) == "Hello! You said: hi there"
+    assert len(generate_requests(api_fake)) == 2 and len(generate_requests(vertex_fake)) == 1
     accounts = pool_of(err_gw, "gemini-custom")
     for label in ("k1", "k2"):
         left = accounts[label]["cooldown_seconds"][model]
         assert 5 <= left <= 7.5, accounts[label]
-    # Another model is not cooled.
-    assert ChatDriver(err_gw.url, "gemini-custom", "gemini-2.5-flash").text("hi there", False)
+    # While they cool, the model goes straight to the fallback; another model is not cooled.
+    ChatDriver(err_gw.url, "gemini-custom", model).text("hi there", False)
+    assert len(generate_requests(api_fake)) == 2
+    ChatDriver(err_gw.url, "gemini-custom", "gemini-2.5-flash").text("hi there", False)
+    assert len(generate_requests(api_fake)) == 3
 
 
 def test_daily_quota_reset_delay_is_the_cooldown(err_gw, api_fake):
     model = "gemini-2.5-flash-lite"
     api_fake.faults.extend([Fault(429, daily_quota_error("3h2m1s"))] * 2)
-    client = openai.OpenAI(base_url=f"{err_gw.url}/gemini-custom/v1", api_key=CLIENT_KEY, max_retries=0)
-    with pytest.raises(openai.RateLimitError):
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
-    left = pool_of(err_gw, "gemini-custom")["k1"]["cooldown_seconds"][model]
-    assert 3 * 3600 < left <= 3 * 3600 + 121 + 5
+    ChatDriver(err_gw.url, "gemini-custom", model).text("hi there", False)  # served by the fallback
+    for label in ("k1", "k2"):
+        left = pool_of(err_gw, "gemini-custom")[label]["cooldown_seconds"][model]
+        assert 3 * 3600 < left <= 3 * 3600 + 121 + 5
 
 
 def test_permission_denied_disables_the_account_and_fails_over(err_gw, api_fake):
@@ -381,6 +388,16 @@ def test_permission_denied_disables_the_account_and_fails_over(err_gw, api_fake)
     disabled = k1["reason"]
     assert "SERVICE_DISABLED" in disabled and "has not been used in project" in disabled
     assert GEMINI_KEY not in disabled
+
+
+def test_fallback_from_the_api_key_to_vertex(err_gw, api_fake, vertex_fake):
+    """k1 is disabled by now (the 403 test); k2 fails with a 503: Vertex serves the same model."""
+    api_fake.faults.append(Fault(503, {"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}))
+    driver = GeminiDriver(err_gw.url, "gemini-custom", "gemini-2.5-flash")
+    for stream in (False, True):
+        assert driver.text("hi there", stream) == "Hello! You said: hi there"
+    assert [r.headers["x-goog-api-key"] for r in generate_requests(api_fake)] == [GEMINI_KEY_2]
+    assert len(generate_requests(vertex_fake)) == 2
 
 
 def test_vertex_refused_token_is_refreshed_once(err_gw, vertex_fake):
