@@ -336,6 +336,29 @@ def test_invalid_argument_passes_through_in_the_callers_dialect(err_gw, api_fake
     assert len(generate_requests(api_fake)) == 1  # the request's fault: no other account tried
 
 
+def test_a_key_echoed_by_google_never_reaches_the_client(err_gw, api_fake):
+    """Google echoing the key it got (k1: fill-first) is scrubbed from what the client sees."""
+    echo = {
+        "error": {
+            "code": 400,
+            "message": f"bad request for {GEMINI_KEY}",
+            "status": "INVALID_ARGUMENT",
+        }
+    }
+    gemini = GeminiDriver(err_gw.url, "gemini-custom", "gemini-2.5-flash").client
+    api_fake.faults.append(Fault(400, echo))
+    with pytest.raises(genai_errors.ClientError) as generating:
+        gemini.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    api_fake.faults.append(Fault(400, echo))
+    with pytest.raises(genai_errors.ClientError) as counting:
+        gemini.models.count_tokens(model="gemini-2.5-flash", contents="hi")
+    for caught in (generating, counting):
+        text = str(caught.value)
+        assert "bad request for" in text and "[REDACTED]" in text
+        assert GEMINI_KEY not in text
+    assert {r.headers["x-goog-api-key"] for r in api_fake.requests if r.method == "POST"} == {GEMINI_KEY}
+
+
 @pytest.mark.parametrize(
     ("provider", "model", "needle"),
     [
