@@ -27,6 +27,11 @@ class UpstreamRequest:
 
 
 class ProviderAdapter(Protocol):
+    """Optional, looked up with getattr by the addons that use them (providers/google.py has all three):
+    `dialect_for(model) -> str` when the upstream dialect depends on the model (see upstream_dialect);
+    `count_tokens_request(provider, auth, request, model) -> UpstreamRequest | None` for a real count;
+    `models_request(provider, auth, page_token)` + `parse_models(body)` for a model list call."""
+
     id: str
     # Codec name of the upstream's wire format.
     dialect: str
