@@ -6,7 +6,7 @@ from addons.client_auth import ClientAuth
 from addons.config_loader import ConfigLoader
 from addons.context import Gateway
 from addons.flow_inspect import Inspect
-from addons.google_api import ModelDiscovery, RemoteCountTokens
+from addons.google_api import RemoteCountTokens
 from addons.kiro_view import KiroView
 from addons.lean import Lean
 from addons.local_api import LocalApi
@@ -35,8 +35,6 @@ def chain() -> list[object]:
         RemoteCountTokens(gateway),
         LocalApi(gateway),
         Pools(gateway),
-        # After Pools: lists models with an account of the pool.
-        ModelDiscovery(gateway),
         Upstream(gateway),
         PromptLog(gateway),
         Usage(gateway),

@@ -1,14 +1,9 @@
-"""What the Google API-key and Vertex providers add beside generation, from their real endpoints:
-token counts (`:countTokens`) and the model list (`GET /v1beta/models`).
-
-Two small addons, used only by adapters that offer `count_tokens_request` / `models_request`;
-every other provider keeps LocalApi's estimate and its configured or built-in model list.
+"""Real token counts from the upstream's own endpoint (Google's `:countTokens`), for adapters that
+offer `count_tokens_request`; every other provider keeps LocalApi's estimate.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 import httpx2
@@ -23,9 +18,6 @@ from translators.base import TranslationError
 from translators.errors import extract_message
 
 logger = logging.getLogger(__name__)
-
-# Pages of a model list read at most (the real list fits in one page of 1000).
-MAX_MODEL_PAGES = 20
 
 
 def _scrub(text: str, secret: str) -> str:
@@ -100,70 +92,3 @@ class RemoteCountTokens:
         if route.dialect == "gemini":
             return replies.json_response(200, {"totalTokens": total})
         return replies.json_response(200, {"input_tokens": total})
-
-
-class ModelDiscovery:
-    """Reads the model list of providers whose API has one, once the gateway runs (and after a
-    config reload); /v1/models and /v1beta/models show it instead of the built-in list."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self._task: asyncio.Task[None] | None = None
-        self._running = False
-        self._listed_for: object | None = None  # the Config the last discovery ran for
-
-    def running(self) -> None:
-        self._running = True
-        self._start()
-
-    def configure(self, updated: set[str]) -> None:
-        if "config" in updated and self._running and self.gateway.config is not self._listed_for:
-            self._start()
-
-    async def done(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def _start(self) -> None:
-        self._listed_for = self.gateway.config
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._discover_all(), name="aiclient-models")
-
-    async def _discover_all(self) -> None:
-        for pid in self.gateway.config.configured_providers():
-            adapter = ADAPTERS.get(pid)
-            pool = self.gateway.pools.get(pid)
-            if adapter is None or pool is None or not hasattr(adapter, "models_request"):
-                continue
-            try:
-                models = await self._discover(pid, adapter, pool)
-            except Exception as e:  # the built-in list stays; never let discovery break the gateway
-                logger.warning("aiclient-mitm: could not list %s models, using the built-in list: %s", pid, e)
-                continue
-            if models:
-                self.gateway.discovered_models[pid] = models
-                logger.info("aiclient-mitm: %s lists %d models", pid, len(models))
-
-    async def _discover(self, pid, adapter, pool) -> list[str]:
-        config = self.gateway.config.providers[pid]
-        member = next((a for a in pool.accounts if a.credential is not None and a.state.disabled is None), None)
-        if member is None:
-            return []
-        auth = await member.credential.auth()
-        models: list[str] = []
-        page: str | None = None
-        timeout = httpx2.Timeout(30.0, connect=config.connect_timeout)
-        async with httpx2.AsyncClient(trust_env=False, timeout=timeout) as client:
-            for _ in range(MAX_MODEL_PAGES):
-                up = adapter.models_request(config, auth, page)
-                r = await client.get(up.url, headers=up.headers)
-                if r.status_code >= 400:
-                    raise RuntimeError(f"{r.status_code}: {_scrub(extract_message(r.content), auth.token)}")
-                names, page = adapter.parse_models(r.json())
-                models += [n for n in names if n not in models]
-                if page is None:
-                    break
-        return models

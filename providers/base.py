@@ -30,7 +30,8 @@ class ProviderAdapter(Protocol):
     """Optional, looked up with getattr by the addons that use them (providers/google.py has all three):
     `dialect_for(model) -> str` when the upstream dialect depends on the model (see upstream_dialect);
     `count_tokens_request(provider, auth, request, model) -> UpstreamRequest | None` for a real count;
-    `models_request(provider, auth, page_token)` + `parse_models(body)` for a model list call."""
+    `models_request(provider, auth) -> (url, headers)` + `parse_models(body) -> list[str]` for a
+    model list call (sent once at start by the Pools addon)."""
 
     id: str
     # Codec name of the upstream's wire format.

@@ -170,7 +170,7 @@ class _SignedGemini(FakeGemini):
 class FakeGeminiApi(_SignedGemini):
     """generativelanguage.googleapis.com with an API key; `models_page_size` pages GET /v1beta/models."""
 
-    def __init__(self, *api_keys: str, models_page_size: int = 2, **kw: Any) -> None:
+    def __init__(self, *api_keys: str, models_page_size: int = 1000, **kw: Any) -> None:
         super().__init__(api_keys[0] if api_keys else "gemini-test-key", **kw)
         self.api_keys = set(api_keys) or {self.api_key}
         self.models_page_size = models_page_size

@@ -133,8 +133,11 @@ def test_gemini_custom_request_key_in_header_model_in_path():
     assert json.loads(up.body) == {"contents": body["contents"]}
 
 
-def test_gemini_custom_models_page():
-    names, token = GeminiCustom.parse_models(
+def test_gemini_custom_models_request_and_page():
+    url, headers = GeminiCustom().models_request(Provider(), AuthContext("AIza-key-1234"))
+    assert url == "https://generativelanguage.googleapis.com/v1beta/models?pageSize=1000"
+    assert headers["x-goog-api-key"] == "AIza-key-1234" and "AIza" not in url
+    names = GeminiCustom.parse_models(
         {
             "models": [
                 {"name": "models/gemini-2.5-pro", "supportedGenerationMethods": ["generateContent", "countTokens"]},
@@ -143,8 +146,8 @@ def test_gemini_custom_models_page():
             "nextPageToken": "abc",
         }
     )
-    assert (names, token) == (["gemini-2.5-pro"], "abc")
-    assert GeminiCustom.parse_models({"models": []}) == ([], None)
+    assert names == ["gemini-2.5-pro"]
+    assert GeminiCustom.parse_models({"models": []}) == [] and GeminiCustom.parse_models([]) == []
 
 
 # -- service account -------------------------------------------------------------------------------
