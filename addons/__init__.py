@@ -7,6 +7,7 @@ from addons.config_loader import ConfigLoader
 from addons.context import Gateway
 from addons.flow_inspect import Inspect
 from addons.google_api import RemoteCountTokens
+from addons.key_policy import KeyPolicy
 from addons.kiro_view import KiroView
 from addons.lean import Lean
 from addons.local_api import LocalApi
@@ -29,6 +30,8 @@ def chain() -> list[object]:
         ConfigLoader(gateway),
         ClientAuth(gateway),
         Router(gateway),
+        # After the Router: the policy needs the model asked for and the provider chosen.
+        KeyPolicy(gateway),
         # Before LocalApi so count_tokens counts the system prompt the upstream will really get.
         SystemPrompt(gateway),
         # Before LocalApi: a provider with a real countTokens endpoint counts instead of the estimate.

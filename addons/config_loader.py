@@ -15,6 +15,7 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.context import Gateway
+from auth.client_keys import Keyring
 from core.config import ConfigError, load_config
 from core.launch import DEFAULT_CONFIG, PLACEHOLDER_TARGET
 
@@ -36,7 +37,7 @@ class ConfigLoader:
             except ConfigError as e:
                 # At start the logged error makes mitmproxy exit (errorcheck); later (a mitmweb option
                 # edit) the running configuration stays.
-                self.gateway.client_keys = []
+                self.gateway.keyring = Keyring()
                 logger.error("aiclient-mitm: invalid configuration %s: %s", path, e)
                 return
             self.gateway.config = config

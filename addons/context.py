@@ -9,13 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auth.client_keys import ClientKey, KeyLimits, Keyring
 from auth.pool import AccountPool
 from core.config import Config
 from translators import ir
 
 # flow.metadata keys
 ROUTE = "aiclient.route"
-CLIENT_KEY_ID = "aiclient.client_key_id"
+CLIENT_KEY_ID = "aiclient.client_key_id"  # short hash of the key (prompt log records)
+CLIENT_KEY = "aiclient.client_key"  # the caller's ClientKey (policy), set by ClientAuth
+CLIENT_KEY_NAME = "aiclient.client_key_name"  # its name: the caller's identity everywhere
+KEY_ADMITTED = "aiclient.key_admitted"  # the key's policy admitted the request (its tokens count)
 EXCHANGE = "aiclient.exchange"
 
 
@@ -25,7 +29,10 @@ class Gateway:
 
     config: Config = field(default_factory=Config)
     config_path: Path | None = None
-    client_keys: list[bytes] = field(default_factory=list)
+    # The client keys in force (config api_keys, AICLIENT_API_KEYS, keys_file), built by ClientAuth.
+    keyring: Keyring = field(default_factory=Keyring)
+    # Per-key request/token counters (KeyPolicy builds them; Usage adds each answer's tokens).
+    key_limits: KeyLimits | None = None
     # provider id -> its account pool (built by the Pools addon)
     pools: dict[str, AccountPool] = field(default_factory=dict)
     # provider id -> models its upstream listed at start (adapters with `models_request`)
@@ -50,3 +57,5 @@ class Route:
     # Set by addons that change the IR (system prompt): the client's body can no longer be sent
     # as it is, even to an upstream of the same dialect.
     ir_modified: bool = False
+    # The caller's key (set by KeyPolicy): model lists and fallbacks must stay inside its policy.
+    client_key: ClientKey | None = None

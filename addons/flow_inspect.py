@@ -25,7 +25,7 @@ from typing import Any
 
 from mitmproxy import contentviews, ctx, http
 
-from addons.context import EXCHANGE, ROUTE, Gateway, Route
+from addons.context import CLIENT_KEY_NAME, EXCHANGE, ROUTE, Gateway, Route
 from addons.outcome import outcome_of
 from translators.sse import SseParser
 
@@ -72,6 +72,9 @@ def describe(flow: http.HTTPFlow, *, finished: bool = False) -> str:
     model = getattr(exchange, "model", None) or route.upstream_model or route.model
     target = f"{provider}/{exchange.member.label}/{model}" if exchange is not None else f"{provider}/{model}"
     text = f"{route.dialect} → {target}"
+    key_name = flow.metadata.get(CLIENT_KEY_NAME)
+    if key_name:
+        text = f"{key_name}: {text}"
     if model != route.model:
         text += f" (asked {route.model})"
     if route.stream:

@@ -59,12 +59,13 @@ class LocalApi:
 
     def _models(self, route: Route) -> list[tuple[str, str]]:
         """(model id, provider) pairs: each provider's list from config (else what its upstream listed at
-        start, else its defaults), then aliases."""
+        start, else its defaults), then aliases; only those the caller's key may use."""
         config = self.gateway.config
+        key = route.client_key
         out: list[tuple[str, str]] = []
         seen: set[str] = set()
         for pid in config.configured_providers():
-            if route.provider and pid != route.provider:
+            if (route.provider and pid != route.provider) or (key is not None and not key.allows_provider(pid)):
                 continue
             adapter = ADAPTERS.get(pid)
             names = (
@@ -73,11 +74,13 @@ class LocalApi:
                 or (list(adapter.default_models) if adapter else [])
             )
             for name in names:
-                if name not in seen:
+                if name not in seen and (key is None or key.allows_model(name)):
                     seen.add(name)
                     out.append((name, pid))
         for alias, target in config.models.items():
-            if alias not in seen and (not route.provider or target.provider == route.provider):
+            if alias in seen or (route.provider and target.provider != route.provider):
+                continue
+            if key is None or (key.allows_model(alias) and key.allows_provider(target.provider)):
                 seen.add(alias)
                 out.append((alias, target.provider))
         return out

@@ -202,6 +202,11 @@ class Pools:
         route: Route | None = flow.metadata.get(ROUTE)
         if route is None or route.operation != "pool":
             return
-        flow.response = replies.json_response(
-            200, {"providers": {pid: pool.status() for pid, pool in self.gateway.pools.items()}}
-        )
+        # A non-admin key sees only the providers its policy lets it use.
+        key = route.client_key
+        shown = {
+            pid: pool.status()
+            for pid, pool in self.gateway.pools.items()
+            if key is None or key.admin or key.allows_provider(pid)
+        }
+        flow.response = replies.json_response(200, {"providers": shown})

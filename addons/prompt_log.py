@@ -1,6 +1,6 @@
 """PromptLog: one dataset record per exchange, and the command that turns the logs into datasets.
 
-Record (one JSON line): id, ts, client_key_id, client_dialect, provider, account, model,
+Record (one JSON line): id, ts, client_key_name, client_key_id, client_dialect, provider, account, model,
 upstream_model, stream, status, latency_ms, ttft_ms, usage, tools, messages -- the whole
 conversation in OpenAI chat format with the answer last -- plus attempts, finish_reason and,
 when not ok, http_status and error. Streamed answers are the ones the stream transcoder
@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 
 from mitmproxy import http
 
-from addons.context import CLIENT_KEY_ID, EXCHANGE, ROUTE, Gateway, Route
+from addons.context import CLIENT_KEY_ID, CLIENT_KEY_NAME, EXCHANGE, ROUTE, Gateway, Route
 from addons.outcome import OK, Outcome, outcome_of
 from translators.openai_messages import conversation, tool_definitions
 
@@ -78,6 +78,7 @@ def build_record(flow: http.HTTPFlow, route: Route, outcome: Outcome) -> dict[st
     record: dict[str, Any] = {
         "id": flow.id,
         "ts": iso_utc(flow.request.timestamp_start),
+        "client_key_name": flow.metadata.get(CLIENT_KEY_NAME),
         "client_key_id": flow.metadata.get(CLIENT_KEY_ID),
         "client_dialect": route.dialect,
         # The attempt that answered: a fallback may have moved the request to another provider/model.
@@ -320,7 +321,7 @@ class PromptLog:
             logger.info("aiclient-mitm: prompt log in %s", directory)
 
     def _known_secrets(self) -> list[str]:
-        secrets = [k.decode("utf-8", "replace") for k in self.gateway.client_keys]
+        secrets = [k.decode("utf-8", "replace") for k in self.gateway.keyring.secrets()]
         for provider in self.gateway.config.providers.values():
             secrets += [a.api_key.get_secret_value() for a in provider.accounts if a.api_key is not None]
         return secrets

@@ -169,6 +169,15 @@ class Upstream:
         for target in fallback.models.get(route.model, []) or fallback.models.get(route.upstream_model, []):
             provider, _, model = target.partition(":")
             out.append((provider, model))
+        key = route.client_key
+        if key is not None:
+            # Fallbacks stay inside the caller's key policy (the routed target was checked already).
+            # A fallback provider must be allowed, and a fallback model must match the key's globs.
+            out = out[:1] + [
+                (p, m)
+                for p, m in out[1:]
+                if key.allows_provider(p) and (m == route.upstream_model or key.allows_model(m))
+            ]
         configured = set(self.gateway.config.configured_providers())
         seen: set[tuple[str, str]] = set()
         return [c for c in out if c[0] in configured and c[0] in ADAPTERS and not (c in seen or seen.add(c))]

@@ -1,7 +1,8 @@
 """Usage: token and request counters per client key x provider x account x model, at GET /usage.
 
 Counted from the IR usage of every finished generate exchange (streams included, and cut
-streams with what they reported). Kept in memory and written to `<state_dir>/usage.json` a few
+streams with what they reported); the same tokens go to the caller's key limits. A key is
+known by its name; a non-admin key sees only its own rows. Kept in memory and written to `<state_dir>/usage.json` a few
 seconds after a change (atomically, from a worker thread) and at shutdown, so a restart keeps them.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from mitmproxy import http
 
 from addons import replies
-from addons.context import CLIENT_KEY_ID, EXCHANGE, ROUTE, Gateway, Route
+from addons.context import CLIENT_KEY, CLIENT_KEY_NAME, EXCHANGE, KEY_ADMITTED, ROUTE, Gateway, Route
 from addons.outcome import Outcome, outcome_of
 from core.files import read_json, write_json_atomic
 
@@ -47,8 +48,8 @@ class Counters:
         self.reasoning_tokens += other.reasoning_tokens
 
 
-Key = tuple[str, str, str, str]  # client key id, provider, account, model
-KEY_FIELDS = ("client_key_id", "provider", "account", "model")
+Key = tuple[str, str, str, str]  # client key name, provider, account, model
+KEY_FIELDS = ("client_key_name", "provider", "account", "model")
 
 
 class UsageBook:
@@ -72,10 +73,12 @@ class UsageBook:
             )
         )
 
-    def to_json(self) -> dict[str, Any]:
-        rows = [{**dict(zip(KEY_FIELDS, key, strict=True)), **asdict(c)} for key, c in sorted(self.rows.items())]
+    def to_json(self, only_key: str | None = None) -> dict[str, Any]:
+        """Every row, or only those of the key named `only_key` (the total is of the rows shown)."""
+        shown = sorted((k, c) for k, c in self.rows.items() if only_key is None or k[0] == only_key)
+        rows = [{**dict(zip(KEY_FIELDS, key, strict=True)), **asdict(c)} for key, c in shown]
         total = Counters()
-        for c in self.rows.values():
+        for _, c in shown:
             total.add(c)
         return {"since": self.since, "total": asdict(total), "rows": rows}
 
@@ -91,6 +94,9 @@ class UsageBook:
         for row in data.get("rows") or ():
             if not isinstance(row, dict):
                 continue
+            if not row.get("client_key_name") and row.get("client_key_id"):
+                # Rows written before keys had names: a plain key's name is key-<its id>.
+                row = {**row, "client_key_name": f"key-{row['client_key_id']}"}
             key = tuple(str(row.get(k) or "") for k in KEY_FIELDS)
             counts = {k: int(v) for k, v in row.items() if k in fields and isinstance(v, int)}
             book.rows.setdefault(key, Counters()).add(Counters(**counts))  # type: ignore[arg-type]
@@ -122,22 +128,27 @@ class Usage:
         route: Route | None = flow.metadata.get(ROUTE)
         if route is None or route.operation != "usage":
             return
-        body = self.book.to_json()
-        body["client_key_id"] = flow.metadata.get(CLIENT_KEY_ID)
+        key = flow.metadata.get(CLIENT_KEY)
+        if key is None:
+            flow.response = replies.error_response(route.dialect, 401, "a client key is required")
+            return
+        body = self.book.to_json(None if key.admin else key.name)
+        body["client_key_name"] = key.name
+        body["admin"] = key.admin
         flow.response = replies.json_response(200, body)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._count(flow)
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self._count(flow)
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._count(flow)
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self._count(flow)
 
     async def done(self) -> None:
         if self._save_task is not None and not self._save_task.done():
             self._save_task.cancel()
         self._save()
 
-    def _count(self, flow: http.HTTPFlow) -> None:
+    async def _count(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(COUNTED):
             return
         try:
@@ -148,7 +159,7 @@ class Usage:
             route: Route = flow.metadata[ROUTE]
             exchange = flow.metadata.get(EXCHANGE)
             key = (
-                flow.metadata.get(CLIENT_KEY_ID) or "",
+                flow.metadata.get(CLIENT_KEY_NAME) or "",
                 getattr(exchange, "provider", None) or route.provider or "",
                 exchange.member.label if exchange is not None else "",
                 getattr(exchange, "model", None) or route.upstream_model or route.model,
@@ -157,6 +168,19 @@ class Usage:
             self._schedule_save()
         except Exception:
             logger.exception("aiclient-mitm: could not count usage")
+            return
+        await self._count_key_tokens(flow, outcome)
+
+    async def _count_key_tokens(self, flow: http.HTTPFlow, outcome: Outcome) -> None:
+        """The answer's input + output tokens go to the caller's key budgets (cut streams: what came)."""
+        limits = self.gateway.key_limits
+        name = flow.metadata.get(CLIENT_KEY_NAME)
+        if limits is None or name is None or not flow.metadata.get(KEY_ADMITTED):
+            return
+        try:
+            await limits.add_tokens(name, outcome.usage.input_tokens + outcome.usage.output_tokens)
+        except Exception:
+            logger.exception("aiclient-mitm: could not count tokens for client key %s", name)
 
     def _schedule_save(self) -> None:
         if self.path is None or (self._save_task is not None and not self._save_task.done()):

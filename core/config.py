@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,8 +19,10 @@ from pydantic import (
     BaseModel,
     ByteSize,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -206,11 +209,91 @@ class InspectSettings(_Strict):
     stream_body_max: ByteSize = ByteSize(1024 * 1024)
 
 
+_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+class ClientKeyEntry(_Strict):
+    """A client key with a policy. Plain strings in api_keys stay unrestricted admins; an object
+    entry names the key (its identity everywhere -- the key itself is never shown) and limits it."""
+
+    key: SecretStr
+    name: str
+    # fnmatch globs over the model the client asked for; None = every model.
+    models: list[Annotated[str, Field(min_length=1)]] | None = None
+    providers: list[ProviderId] | None = None
+    requests_per_minute: Annotated[int, Field(gt=0)] | None = None
+    requests_per_day: Annotated[int, Field(gt=0)] | None = None
+    # Input + output tokens, counted from each answer's usage (UTC day / UTC calendar month).
+    tokens_per_day: Annotated[int, Field(gt=0)] | None = None
+    tokens_per_month: Annotated[int, Field(gt=0)] | None = None
+    expires_at: datetime | None = None
+    admin: bool = False
+
+    @field_validator("key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise ValueError("empty (an unset environment variable?)")
+        if secret != secret.strip() or any(c in secret for c in ", \t\r\n"):
+            raise ValueError("must not contain spaces, commas or line breaks")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not _KEY_NAME.match(value):
+            raise ValueError("1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit")
+        if value.startswith("key-"):
+            raise ValueError("names starting with 'key-' are reserved for plain keys")
+        return value
+
+    @field_validator("expires_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # A time without a zone is read as UTC, like every window of the key's limits.
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+def _api_key_kind(value: Any) -> str:
+    return "plain" if isinstance(value, str | SecretStr) else "entry"
+
+
+# Tags are dropped from error paths by format_errors: `api_keys.1.name: required`.
+ApiKey = Annotated[
+    Annotated[SecretStr, Tag("plain")] | Annotated[ClientKeyEntry, Tag("entry")],
+    Discriminator(_api_key_kind),
+]
+_UNION_TAGS = frozenset({"plain", "entry"})
+
+
+def check_unique_keys(entries: list[ApiKey], where: str = "api_keys") -> None:
+    """Names and keys are unique: a name is the key's identity, a key must map to one policy."""
+    names: dict[str, int] = {}
+    secrets: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        secret = (entry.key if isinstance(entry, ClientKeyEntry) else entry).get_secret_value()
+        if secret in secrets:
+            raise ValueError(f"{where}.{i}: the same key as {where}.{secrets[secret]}")
+        secrets[secret] = i
+        if isinstance(entry, ClientKeyEntry):
+            if entry.name in names:
+                raise ValueError(f"{where}.{i}.name: {entry.name!r} is already used by {where}.{names[entry.name]}")
+            names[entry.name] = i
+
+
 class Config(_Strict):
     listen: Listen = Field(default_factory=Listen)
     # Client keys. Empty (and no AICLIENT_API_KEYS in the environment): a key is generated at first
     # start and kept in `<config file>.client-key` beside the config.
-    api_keys: list[SecretStr] = Field(default_factory=list)
+    # A plain string is an unrestricted admin key; an object is a ClientKeyEntry (name, allowlists,
+    # limits, expiry, admin).
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    # A YAML list of more entries like api_keys', re-read when it changes (relative to the config
+    # file's folder); `python -m auth keys ...` edits it.
+    keys_file: Path | None = None
     default_provider: ProviderId | None = None
     providers: dict[ProviderId, Provider] = Field(default_factory=dict)
     # alias -> provider + upstream model, or "provider:model".
@@ -244,6 +327,11 @@ class Config(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _unique_keys(self) -> Config:
+        check_unique_keys(self.api_keys)
+        return self
+
+    @model_validator(mode="after")
     def _default_provider_configured(self) -> Config:
         if self.default_provider is not None and self.default_provider not in self.providers:
             raise ValueError(
@@ -255,6 +343,13 @@ class Config(_Strict):
     def configured_providers(self) -> list[str]:
         return [pid for pid, p in self.providers.items() if p.enabled]
 
+    def keys_file_path(self, config_path: Path | None) -> Path | None:
+        """keys_file, relative to the config file's folder."""
+        if self.keys_file is None:
+            return None
+        path = self.keys_file.expanduser()
+        return path if path.is_absolute() else (config_path.parent if config_path else Path.cwd()) / path
+
     def state_path(self, config_path: Path | None) -> Path:
         """state_dir, relative to the config file's folder."""
         if self.state_dir.is_absolute():
@@ -265,13 +360,13 @@ class Config(_Strict):
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand_env(value: Any) -> Any:
+def expand_env(value: Any) -> Any:
     if isinstance(value, str):
         return _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {k: expand_env(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [expand_env(v) for v in value]
     return value
 
 
@@ -284,12 +379,12 @@ _FRIENDLY = {
 }
 
 
-def _format_errors(err: ValidationError) -> str:
+def format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-") and p not in _UNION_TAGS)
         msg = _FRIENDLY.get(e["type"]) or e["msg"]
-        if e["type"] == "literal_error" and e["loc"] and e["loc"][0] == "providers":
+        if e["type"] == "literal_error" and "providers" in e["loc"]:
             msg = f"unknown provider id (known: {', '.join(PROVIDER_IDS)})"
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
@@ -303,9 +398,9 @@ def parse_config(data: Any) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("the file must hold a mapping of keys at the top level")
     try:
-        return Config.model_validate(_expand_env(data))
+        return Config.model_validate(expand_env(data))
     except ValidationError as e:
-        raise ConfigError(_format_errors(e)) from None
+        raise ConfigError(format_errors(e)) from None
 
 
 def load_config(path: Path) -> Config:

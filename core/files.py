@@ -10,7 +10,12 @@ from typing import Any
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o600, indent: int | None = 1) -> None:
-    """Write JSON so a reader (or a crash) never sees half a file: temp file in the same folder,
+    """Write JSON so a reader (or a crash) never sees half a file (see write_text_atomic)."""
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=indent) + "\n", mode)
+
+
+def write_text_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write text so a reader (or a crash) never sees half a file: temp file in the same folder,
     fsync, rename. A symlinked file is replaced where it points, so the link stays a link."""
     target = path.resolve()
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -18,8 +23,7 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o600, indent: int | No
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=indent)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -12,7 +12,8 @@ from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
 from addons.client_auth import ClientAuth, key_file_for, key_id
-from addons.context import CLIENT_KEY_ID, Gateway
+from addons.context import CLIENT_KEY, CLIENT_KEY_ID, CLIENT_KEY_NAME, Gateway
+from auth.client_keys import ClientKey, Keyring, plain_key_name
 from core.config import parse_config
 
 
@@ -44,7 +45,10 @@ def test_every_carrier_is_accepted_and_stripped(auth, headers, path):
     flow = make_flow("POST", path, headers)
     auth.request(flow)
     assert flow.response is None
-    assert flow.metadata[CLIENT_KEY_ID] == key_id(b"k-one" if "k-one" in str(headers) + path else b"k-two")
+    secret = b"k-one" if "k-one" in str(headers) + path else b"k-two"
+    assert flow.metadata[CLIENT_KEY_ID] == key_id(secret)
+    assert flow.metadata[CLIENT_KEY_NAME] == plain_key_name(secret) == flow.metadata[CLIENT_KEY].name
+    assert flow.metadata[CLIENT_KEY].admin
     assert "authorization" not in flow.request.headers
     assert "x-api-key" not in flow.request.headers
     assert "x-goog-api-key" not in flow.request.headers
@@ -94,7 +98,7 @@ def test_fails_closed_on_internal_error(tmp_path):
     addon = ClientAuth(gateway)
     with taddons.context(addon):
         # A key of the wrong type makes compare_digest raise inside the hook.
-        gateway.client_keys = ["not-bytes"]  # type: ignore[list-item]
+        gateway.keyring = Keyring([ClientKey("broken", "not-bytes")])  # type: ignore[arg-type]
         flow = make_flow("POST", "/v1/messages", {"x-api-key": "whatever"})
         addon.request(flow)
     assert flow.response is not None and flow.response.status_code == 500
@@ -112,12 +116,12 @@ def test_generated_key_is_created_once_with_0600(tmp_path, caplog):
         key = key_file.read_text().strip()
         assert key.startswith("sk-aicm-") and len(key) > 30
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-        assert gateway.client_keys == [key.encode()]
+        assert gateway.keyring.secrets() == [key.encode()]
         assert key in caplog.text and str(key_file) in caplog.text
         # A second start reuses it and does not print it again.
         caplog.clear()
         addon.configure({"config"})
-        assert gateway.client_keys == [key.encode()]
+        assert gateway.keyring.secrets() == [key.encode()]
         assert key not in caplog.text and str(key_file) in caplog.text
 
 
@@ -127,5 +131,43 @@ def test_env_keys_are_added(tmp_path, monkeypatch):
     addon = ClientAuth(gateway)
     with taddons.context(addon):
         addon.configure({"config"})
-    assert gateway.client_keys == [b"cfg", b"env-a", b"env-b"]
+    assert gateway.keyring.secrets() == [b"cfg", b"env-a", b"env-b"]
     assert not key_file_for(tmp_path / "config.yaml").exists()
+
+
+def test_named_entries_and_an_expired_key(tmp_path):
+    config = parse_config(
+        {
+            "api_keys": [
+                {"key": "k-alice", "name": "alice", "models": ["gpt-*"]},
+                {"key": "k-old", "name": "old", "expires_at": "2020-01-01T00:00:00Z"},
+            ]
+        }
+    )
+    gateway = Gateway(config, tmp_path / "config.yaml")
+    addon = ClientAuth(gateway)
+    with taddons.context(addon):
+        addon.configure({"config"})
+        flow = make_flow("POST", "/v1/messages", {"x-api-key": "k-alice"})
+        addon.request(flow)
+        assert flow.response is None and flow.metadata[CLIENT_KEY_NAME] == "alice"
+        assert not flow.metadata[CLIENT_KEY].admin
+        flow = make_flow("POST", "/v1/messages", {"x-api-key": "k-old"})
+        addon.request(flow)
+    assert flow.response.status_code == 401
+    body = json.loads(flow.response.content)
+    assert body["error"]["type"] == "authentication_error"
+    assert body["error"]["message"] == "client key 'old' expired at 2020-01-01T00:00:00Z"
+    assert "k-old" not in flow.response.text
+
+
+def test_a_bad_keys_file_stops_the_start_with_its_path(tmp_path, caplog):
+    (tmp_path / "keys.yaml").write_text("- {key: k-bob, name: bob}\n- {key: k-eve, name: bob}\n")
+    gateway = Gateway(parse_config({"keys_file": "keys.yaml"}), tmp_path / "config.yaml")
+    addon = ClientAuth(gateway)
+    with taddons.context(addon):
+        addon.configure({"config"})
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == ["aiclient-mitm: invalid client keys: keys_file.1.name: 'bob' is already used by keys_file.0"]
+    assert len(gateway.keyring) == 0
+    assert "k-bob" not in caplog.text and "k-eve" not in caplog.text
