@@ -21,18 +21,17 @@ from mitmproxy import http
 
 from addons import replies
 from addons.context import CLIENT_KEY, KEY_ADMITTED, ROUTE, Gateway, Route
-from auth.client_keys import ClientKey, KeyLimits, LocalCounters, check_access
+from auth.client_keys import COUNTERS_FILE, ClientKey, KeyLimits, LocalCounters, check_access
 from core.files import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "client-keys.json"
 # Seconds between looks for changed counters to write.
 SAVE_INTERVAL = 5.0
 
 
 def counters_path(gateway: Gateway) -> Path:
-    return gateway.config.state_path(gateway.config_path) / STATE_FILE
+    return gateway.config.state_path(gateway.config_path) / COUNTERS_FILE
 
 
 class KeyPolicy:

@@ -1,4 +1,5 @@
-"""`python -m auth login gemini|kiro|qwen|codex [...]` and `python -m auth status [--config PATH]`."""
+"""`python -m auth login gemini|kiro|qwen|codex [...]`, `python -m auth status [--config PATH]` and
+`python -m auth keys add|list|revoke|rotate [...]`."""
 
 from __future__ import annotations
 
@@ -31,11 +32,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"login for {argv[1]} is not available in this version", file=sys.stderr)
             return 2
         return module.main(argv[2:])
+    if argv[:1] == ["keys"]:
+        from auth.keys_cli import main as keys_main
+
+        return keys_main(argv[1:], DEFAULT_CONFIG)
     parser = argparse.ArgumentParser(prog="python -m auth", description="Accounts of aiclient-mitm.")
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="every configured account with its state; secrets masked")
     status.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     sub.add_parser("login", help="log in to gemini, kiro, qwen or codex (see: python -m auth login <name> --help)")
+    sub.add_parser("keys", help="client keys: add, list, revoke, rotate (see: python -m auth keys --help)")
     args = parser.parse_args(argv)
     return print_status(args.config)
 

@@ -25,6 +25,9 @@ from pydantic import SecretStr, TypeAdapter, ValidationError
 
 from core.config import ApiKey, ClientKeyEntry, ConfigError, check_unique_keys, expand_env, format_errors
 
+# The local counters' snapshot in state_dir (read by `python -m auth keys list` too).
+COUNTERS_FILE = "client-keys.json"
+
 MINUTE = "minute"
 DAY = "day"
 MONTH = "month"
