@@ -72,9 +72,6 @@ def describe(flow: http.HTTPFlow, *, finished: bool = False) -> str:
     model = getattr(exchange, "model", None) or route.upstream_model or route.model
     target = f"{provider}/{exchange.member.label}/{model}" if exchange is not None else f"{provider}/{model}"
     text = f"{route.dialect} → {target}"
-    key_name = flow.metadata.get(CLIENT_KEY_NAME)
-    if key_name:
-        text = f"{key_name}: {text}"
     if model != route.model:
         text += f" (asked {route.model})"
     if route.stream:
@@ -87,6 +84,9 @@ def describe(flow: http.HTTPFlow, *, finished: bool = False) -> str:
         text += f" · {outcome.status} {outcome.latency_ms} ms"
         if outcome.ttft_ms is not None:
             text += f" (first token {outcome.ttft_ms} ms)"
+    key_name = flow.metadata.get(CLIENT_KEY_NAME)
+    if key_name:
+        text += f" · key {key_name}"
     return text
 
 

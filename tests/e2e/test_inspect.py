@@ -28,6 +28,7 @@ from mitmproxy import io as mitm_io
 
 from addons.context import Gateway
 from addons.flow_inspect import Inspect, SseContentview, mask_header, mask_url
+from auth.client_keys import plain_key_name
 from tests.conftest import CLAUDE_KEY, CLIENT_KEY, OPENAI_KEY, RESPONSES_KEY, Fakes, api_key_providers
 from tests.drivers import MODEL, ClaudeDriver
 
@@ -136,6 +137,7 @@ def test_streamed_flow_shows_the_clients_body_and_names_the_route(web, fakes, pr
         f"openai_chat → {provider}/{account}/{MODEL} · stream · attempts: {provider}/{account} 200"
     )
     assert " · ok " in comment and "first token" in comment
+    assert comment.endswith(f" · key {plain_key_name(CLIENT_KEY.encode())}")
     assert web.body(flow["id"]) == received
     url = f"{web.api}/flows/{flow['id']}/response/content/auto.json"  # mitmweb's own choice of view
     view = httpx2.get(url, headers=WEB_AUTH, timeout=10).json()

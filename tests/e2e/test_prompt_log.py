@@ -216,6 +216,7 @@ def test_record_equals_what_the_client_received(logged, fakes, client_dialect, p
     assert record["model"] == record["upstream_model"] == MODEL
     assert record["stream"] is stream
     assert len(record["client_key_id"]) == 12 and CLIENT_KEY not in json.dumps(record)
+    assert record["client_key_name"] == f"key-{record['client_key_id']}"
     assert record["latency_ms"] >= 0
     assert (record["ttft_ms"] is not None) is stream
     assert record["messages"] == [
@@ -499,7 +500,7 @@ def test_usage_totals_match_the_upstreams_and_survive_a_restart(fakes, tmp_path)
         errors = 1 if key[0] == "openai-custom" else 0
         assert (row["requests"], row["errors"]) == (requests + errors, errors), key
         assert (row["input_tokens"], row["output_tokens"]) == (input_tokens, output_tokens), key
-        assert row["model"] == MODEL and row["client_key_id"] == usage["client_key_id"]
+        assert row["model"] == MODEL and row["client_key_name"] == usage["client_key_name"]
     assert usage["total"]["requests"] == sum(r[0] for r in expected.values()) + 1
     assert (tmp_path / "state" / "usage.json").exists()
     gw = start_gateway(tmp_path, gateway_config(fakes))
