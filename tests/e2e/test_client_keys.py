@@ -36,6 +36,7 @@ DAILY = {"key": "k-daily-91ab", "name": "daily", "requests_per_day": 1}
 PER_MINUTE = {"key": "k-minute-3f0c", "name": "minute", "requests_per_minute": 2}
 TOKENS = {"key": "k-tokens-44d1", "name": "tokens", "tokens_per_day": 1}
 OA_ONLY = {"key": "k-oa-only-0b7e", "name": "oa-only", "providers": ["openai-custom"]}
+CUT = {"key": "k-cut-stream-8e2b", "name": "cut", "tokens_per_day": 1}
 
 
 def policy_config(fakes: Fakes) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def policy_config(fakes: Fakes) -> dict[str, Any]:
     providers["openai-custom"]["models"] = ["gpt-4o", "gpt-4.1", "o3"]
     providers["claude-custom"]["models"] = ["claude-sonnet-4-5"]
     return {
-        "api_keys": [CLIENT_KEY, GPT_ONLY, EXPIRED, DAILY, PER_MINUTE, TOKENS, OA_ONLY],
+        "api_keys": [CLIENT_KEY, GPT_ONLY, EXPIRED, DAILY, PER_MINUTE, TOKENS, OA_ONLY, CUT],
         "default_provider": "openai-custom",
         "providers": providers,
         "models": {"gpt-fast": "openai-custom:gpt-4.1", "sonnet": "claude-custom:claude-sonnet-4-5"},
@@ -224,6 +225,24 @@ def test_streamed_tokens_count_and_a_spent_budget_is_429(gw, fakes):
         got = refused(dialect, gw.url, TOKENS["key"], "gpt-4o", stream=True)
         headers = assert_refusal(dialect, got, 429, "client key 'tokens' has used its tokens_per_day=1")
         assert abs(int(headers["retry-after"]) - math.ceil(seconds_to_midnight())) <= 2
+    assert fakes.request_count() == 0
+
+
+def test_a_cut_stream_counts_what_was_sent(gw, fakes):
+    fakes.openai.faults.append(Fault(kind="reset_mid_stream", after_events=3))
+    body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {CUT['key']}"}
+    with httpx2.stream("POST", f"{gw.url}/v1/chat/completions", headers=headers, json=body, timeout=10) as r:
+        assert r.status_code == 200
+        with pytest.raises(httpx2.HTTPError):
+            for _ in r.iter_bytes():
+                pass
+    deadline = time.monotonic() + 5
+    while not _usage(gw.url, CUT["key"])["total"]["input_tokens"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fakes.openai.requests.clear()
+    got = refused("openai_chat", gw.url, CUT["key"], "gpt-4o")
+    assert_refusal("openai_chat", got, 429, "client key 'cut' has used its tokens_per_day=1")
     assert fakes.request_count() == 0
 
 
