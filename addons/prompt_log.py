@@ -298,6 +298,8 @@ class PromptLog:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.writer: RecordWriter | None = None
+        # The keyring the redactor knows; keys_file reloads bring new client keys to scrub.
+        self._keyring: object | None = None
 
     def configure(self, updated: set[str]) -> None:
         if "config" not in updated or self.gateway.config_path is None:
@@ -305,6 +307,7 @@ class PromptLog:
         self._stop()
         settings = self.gateway.config.prompt_log
         redactor = Redactor(settings.redact, self._known_secrets())
+        self._keyring = self.gateway.keyring
         if settings.mode == "console":
             self.writer = RecordWriter(ConsoleLines(), redactor)
         elif settings.mode == "file":
@@ -348,6 +351,9 @@ class PromptLog:
             if outcome is None:
                 return
             flow.metadata[LOGGED] = True
+            if self.gateway.keyring is not self._keyring:
+                self._keyring = self.gateway.keyring
+                self.writer.redactor = Redactor(self.gateway.config.prompt_log.redact, self._known_secrets())
             self.writer.submit(build_record(flow, flow.metadata[ROUTE], outcome))
         except Exception:
             logger.exception("aiclient-mitm: could not build the prompt log record")

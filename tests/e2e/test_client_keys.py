@@ -322,7 +322,8 @@ def test_keys_file_is_reloaded_live_and_a_broken_edit_keeps_the_old_keys(fakes, 
     keys_file = tmp_path / "keys.yaml"
     ann = {"key": "k-ann-6a1f", "name": "ann"}
     write_keys(keys_file, [ann])
-    gw = start_gateway(tmp_path, {**policy_config(fakes), "api_keys": [CLIENT_KEY], "keys_file": "keys.yaml"})
+    config = {**policy_config(fakes), "api_keys": [CLIENT_KEY], "keys_file": "keys.yaml"}
+    gw = start_gateway(tmp_path, {**config, "prompt_log": {"mode": "file", "dir": "logs"}})
     try:
         assert status_of(gw.url, ann["key"]) == 200
         # add
@@ -330,6 +331,20 @@ def test_keys_file_is_reloaded_live_and_a_broken_edit_keeps_the_old_keys(fakes, 
         write_keys(keys_file, [ann, ben])
         wait_for_status(gw.url, ben["key"], 200)
         assert status_of(gw.url, ben["key"], "o3") == 403
+        # A key added at run time is scrubbed from prompt logs like the others.
+        r = httpx2.post(
+            f"{gw.url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {ann['key']}"},
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": f"ben's key is {ben['key']}"}]},
+            timeout=30,
+        )
+        assert r.status_code == 200
+        deadline = time.monotonic() + 5
+        logged = ""
+        while "ben's key" not in logged and time.monotonic() < deadline:
+            time.sleep(0.1)
+            logged = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.jsonl"))
+        assert "ben's key is [SECRET]" in logged and ben["key"] not in logged
         # change
         write_keys(keys_file, [{**ann, "models": ["o3"]}, ben])
         wait_for_status(gw.url, ann["key"], 403)
