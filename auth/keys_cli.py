@@ -207,6 +207,3 @@ def main(argv: list[str], default_config: Path) -> int:
     except (ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-
-
-
