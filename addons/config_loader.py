@@ -35,9 +35,10 @@ class ConfigLoader:
             try:
                 config = load_config(path)
             except ConfigError as e:
-                # At start the logged error makes mitmproxy exit (errorcheck); later (a mitmweb option
-                # edit) the running configuration stays.
-                self.gateway.keyring = Keyring()
+                # At start the logged error makes mitmproxy exit (errorcheck) and no key is accepted
+                # meanwhile; later (a mitmweb option edit) the running configuration and keys stay.
+                if self.gateway.config_path is None:
+                    self.gateway.keyring = Keyring()
                 logger.error("aiclient-mitm: invalid configuration %s: %s", path, e)
                 return
             self.gateway.config = config
