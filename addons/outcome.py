@@ -129,6 +129,9 @@ def _streamed(flow: http.HTTPFlow, transcoder: Any, latency: int, start: float) 
     if flow.error is not None:
         status = CLIENT_CUT if _CLIENT_GONE in flow.error.msg else UPSTREAM_CUT
         return Outcome(status, status_code, answer, flow.error.msg, latency, ttft)
+    cut = getattr(transcoder, "cut", None)
+    if cut:  # the gateway ended the stream in-band: the upstream broke, stalled or reset
+        return Outcome(UPSTREAM_CUT, status_code, answer, cut, latency, ttft)
     if collector is not None and collector.error is not None:
         return Outcome(STREAM_ERROR, status_code, answer, collector.error.message, latency, ttft)
     if not transcoder.finished:

@@ -1,15 +1,30 @@
-"""The stream callables mitmproxy runs for every upstream chunk of a relayed stream.
+"""Streams the gateway relays itself.
 
-They run synchronously on mitmproxy's single event loop, so they only handle the new bytes.
-They must never raise (the client would hang) and never return b"" mid-stream (that ends an
-HTTP/1.1 chunked body): a failure becomes the dialect's in-band error and a clean end.
+mitmproxy cannot stream a response an addon makes, cannot answer a reset-before-headers in the
+caller's dialect, cannot append an in-band error after an upstream cut and has no per-stream read
+timeout. So the Upstream addon opens the upstream stream with its own client (core/http1.py), fails
+over while no byte went out, and then re-targets the flow to `LoopbackRelay`: a small HTTP/1.1
+server inside the gateway process on 127.0.0.1, which pumps the upstream body through the stream
+translation and writes the client's stream back (chunked) for mitmproxy to relay as it comes
+(`flow.response.stream = True`). Everything after the first byte is decided here: a cut, a reset, a
+read timeout end the client's stream with its dialect's error event and a clean end of the body,
+and silences get the dialect's keep-alive.
+
+The per-chunk work only handles the new bytes, never raises, and never writes an empty chunk
+(that would end the chunked body).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from core.http1 import HttpError, StreamResponse
+from translators import errors
 from translators.accumulate import ResponseAccumulator
 from translators.base import StreamDecoder, StreamEncoder
 from translators.ir import Event, StreamError, TextDelta, ThinkingDelta, ToolCallStart
@@ -18,19 +33,44 @@ from translators.sse import SseEventRelay
 logger = logging.getLogger(__name__)
 
 _TOKEN_EVENTS = (TextDelta, ThinkingDelta, ToolCallStart)
+# The header that names the relay job on the loopback request; only mitmproxy sends it.
+RELAY_HEADER = "x-aiclient-relay"
+# A job mitmproxy never came to fetch (the client left first) is dropped after this many seconds.
+_UNCLAIMED_TTL = 60.0
+# In-band errors are 502s: the upstream failed, not the caller.
+_UPSTREAM_FAILED = 502
 
 
 class _Observer:
-    """Shared by both callables: feeds decoded events to the collector and logs upstream errors."""
+    """Shared by both translators: feeds decoded events to the collector and logs upstream errors."""
 
-    __slots__ = ("bytes_out", "collector", "events_seen", "finished", "first_token_at", "label", "tap", "tap_limit")
+    __slots__ = (
+        "bytes_out",
+        "collector",
+        "cut",
+        "dialect",
+        "events_seen",
+        "finished",
+        "first_token_at",
+        "gemini_json",
+        "label",
+        "tap",
+        "tap_limit",
+        "upstream_error",
+    )
 
-    def __init__(self, collector: ResponseAccumulator | None, label: str) -> None:
+    def __init__(self, collector: ResponseAccumulator | None, label: str, dialect: str, gemini_json: bool) -> None:
         self.collector = collector
         self.label = label
+        self.dialect = dialect  # the client's
+        self.gemini_json = gemini_json
         self.events_seen = 0
         self.bytes_out = 0
         self.finished = False
+        # Why the stream was ended by the gateway after bytes went out (cut, read timeout); None if not.
+        self.cut: str | None = None
+        # An error the upstream sent in the stream (in-band), once seen.
+        self.upstream_error: StreamError | None = None
         # time.time() of the first text, thinking or tool-call event (time to first token).
         self.first_token_at: float | None = None
         # Set by an observer (the Inspect addon) to keep a copy of the client's bytes, up to tap_limit.
@@ -46,7 +86,8 @@ class _Observer:
         if self.collector is not None:
             self.collector.feed(events)
         for ev in events:
-            if type(ev) is StreamError:
+            if type(ev) is StreamError and self.upstream_error is None:
+                self.upstream_error = ev
                 logger.warning("aiclient-mitm: upstream stream error (%s): %s", self.label, ev.message)
 
     def emitted(self, out: bytes) -> None:
@@ -55,6 +96,23 @@ class _Observer:
         if tap is not None and out and len(tap) < self.tap_limit:
             tap += out[: self.tap_limit - len(tap)]
 
+    def _sdk_error_tail(self, before: StreamError | None) -> bytes:
+        """Responses clients: `response.failed` alone is yielded by the openai SDK, not raised; the
+        `error` event after it makes the SDK raise. Once, when the upstream's error is first seen."""
+        error = self.upstream_error
+        if error is None or before is not None or self.dialect != "openai_responses":
+            return b""
+        return errors.responses_error_event(error.status if 400 <= error.status <= 599 else 502, error.message)
+
+    def feed(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> bytes:
+        raise NotImplementedError
+
+    def fail(self, message: str) -> bytes:
+        raise NotImplementedError
+
 
 class StreamTranscoder(_Observer):
     """Cross-dialect: upstream bytes -> IR events -> client dialect bytes."""
@@ -62,38 +120,65 @@ class StreamTranscoder(_Observer):
     __slots__ = ("decoder", "encoder")
 
     def __init__(
-        self, decoder: StreamDecoder, encoder: StreamEncoder, collector: ResponseAccumulator | None, label: str
+        self,
+        decoder: StreamDecoder,
+        encoder: StreamEncoder,
+        collector: ResponseAccumulator | None,
+        label: str,
+        dialect: str = "",
+        gemini_json: bool = False,
     ) -> None:
-        super().__init__(collector, label)
+        super().__init__(collector, label, dialect, gemini_json)
         self.decoder = decoder
         self.encoder = encoder
 
-    def __call__(self, data: bytes) -> bytes | list[bytes]:
+    def feed(self, data: bytes) -> bytes:
         if self.finished:
-            return []
+            return b""
+        before = self.upstream_error
         try:
-            if data:
-                events = self.decoder.feed(data)
-                self.observe(events)
-                out = self.encoder.feed(events) if events else b""
-            else:
-                events = self.decoder.close()
-                self.observe(events)
-                out = self.encoder.feed(events) + self.encoder.close()
-                self.finished = True
+            events = self.decoder.feed(data)
+            self.observe(events)
+            out = self.encoder.feed(events) if events else b""
+            if self.upstream_error is not before:
+                out += self._sdk_error_tail(before)
         except Exception as e:  # the stream must end cleanly whatever happened
             logger.exception("aiclient-mitm: stream translation failed (%s)", self.label)
-            out = self._fail(f"the gateway failed to translate the upstream stream: {type(e).__name__}")
+            return self.fail(f"the gateway failed to translate the upstream stream: {type(e).__name__}")
         self.emitted(out)
-        return out if out else []
+        return out
 
-    def _fail(self, message: str) -> bytes:
-        self.finished = True
+    def close(self) -> bytes:
+        if self.finished:
+            return b""
+        before = self.upstream_error
         try:
-            return self.encoder.feed([StreamError(message, 502)]) + self.encoder.close()
+            events = self.decoder.close()
+            self.observe(events)
+            out = self.encoder.feed(events) + self.encoder.close() + self._sdk_error_tail(before)
+        except Exception as e:
+            logger.exception("aiclient-mitm: stream translation failed (%s)", self.label)
+            return self.fail(f"the gateway failed to translate the upstream stream: {type(e).__name__}")
+        self.finished = True
+        self.emitted(out)
+        return out
+
+    def fail(self, message: str) -> bytes:
+        """Ends the client's stream with its dialect's error event (after bytes went out)."""
+        if self.finished:
+            return b""
+        self.finished = True
+        self.cut = message
+        error = StreamError(message, _UPSTREAM_FAILED)
+        try:
+            out = self.encoder.feed([error]) + self.encoder.close()
         except Exception:
             logger.exception("aiclient-mitm: encoder failed while ending the stream (%s)", self.label)
-            return b""
+            out = errors.stream_error_frame(self.dialect, _UPSTREAM_FAILED, message, gemini_json=self.gemini_json)
+        if self.dialect == "openai_responses":
+            out += errors.responses_error_event(_UPSTREAM_FAILED, message)
+        self.emitted(out)
+        return out
 
 
 class StreamRelay(_Observer):
@@ -102,24 +187,57 @@ class StreamRelay(_Observer):
 
     __slots__ = ("decoder", "relay")
 
-    def __init__(self, decoder: StreamDecoder, collector: ResponseAccumulator | None, label: str) -> None:
-        super().__init__(collector, label)
+    def __init__(
+        self,
+        decoder: StreamDecoder,
+        collector: ResponseAccumulator | None,
+        label: str,
+        dialect: str = "",
+        gemini_json: bool = False,
+    ) -> None:
+        super().__init__(collector, label, dialect, gemini_json)
         self.decoder: StreamDecoder | None = decoder
         self.relay = SseEventRelay()
 
-    def __call__(self, data: bytes) -> bytes | list[bytes]:
+    def feed(self, data: bytes) -> bytes:
         if self.finished:
-            return []
+            return b""
         try:
-            out = self.relay.feed(data) if data else self.relay.close()
+            out = self.relay.feed(data)
         except Exception:
             logger.exception("aiclient-mitm: stream relay failed (%s)", self.label)
-            out, self.finished = b"", True
-        if not data:
-            self.finished = True
+            return self.fail("the gateway failed to relay the upstream stream")
+        before = self.upstream_error
         self._watch(data)
+        if self.upstream_error is not before:
+            out += self._sdk_error_tail(before)
         self.emitted(out)
-        return out if out else []
+        return out
+
+    def close(self) -> bytes:
+        if self.finished:
+            return b""
+        self.finished = True
+        try:
+            out = self.relay.close()
+        except Exception:
+            logger.exception("aiclient-mitm: stream relay failed (%s)", self.label)
+            out = b""
+        before = self.upstream_error
+        self._watch(b"")
+        out += self._sdk_error_tail(before)
+        self.emitted(out)
+        return out
+
+    def fail(self, message: str) -> bytes:
+        if self.finished:
+            return b""
+        self.finished = True
+        self.cut = message
+        # A partial event held back by the relay is dropped: the client only ever gets whole events.
+        out = errors.stream_error_frame(self.dialect, _UPSTREAM_FAILED, message, gemini_json=self.gemini_json)
+        self.emitted(out)
+        return out
 
     def _watch(self, data: bytes) -> None:
         if self.decoder is None:
@@ -129,3 +247,160 @@ class StreamRelay(_Observer):
         except Exception:
             logger.exception("aiclient-mitm: could not decode the relayed stream (%s)", self.label)
             self.decoder = None
+
+
+# -- the loopback relay --------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class RelayJob:
+    """One opened upstream stream waiting for mitmproxy to fetch it from the loopback relay."""
+
+    upstream: StreamResponse
+    transcoder: StreamTranscoder | StreamRelay
+    # Response head fields for the client (content-type, cache-control, CORS).
+    headers: dict[str, str]
+    read_timeout: float
+    keepalive: float  # seconds of upstream silence between keep-alives; 0 = none
+    keepalive_bytes: bytes
+    # Called once when the stream is over: None when it ended cleanly, else why the gateway ended it.
+    on_end: Callable[[str | None, bool], None]
+    expiry: asyncio.TimerHandle | None = None
+    ended: bool = False
+
+    def end(self, reason: str | None, client_gone: bool = False) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.expiry is not None:
+            self.expiry.cancel()
+        self.upstream.close()
+        try:
+            self.on_end(reason, client_gone)
+        except Exception:
+            logger.exception("aiclient-mitm: stream end bookkeeping failed")
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class LoopbackRelay:
+    """The in-process HTTP/1.1 server on 127.0.0.1 that serves opened upstream streams to mitmproxy.
+    A job is served once, to the request that carries its one-time token; nothing else is answered."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._jobs: dict[str, RelayJob] = {}
+        self.port = 0
+
+    async def start(self) -> int:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=1 << 20)
+            self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        for job in list(self._jobs.values()):
+            job.end("the gateway is shutting down")
+        self._jobs.clear()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def register(self, job: RelayJob) -> str:
+        token = secrets.token_urlsafe(18)
+        self._jobs[token] = job
+        job.expiry = asyncio.get_running_loop().call_later(_UNCLAIMED_TTL, self.drop, token)
+        return token
+
+    def drop(self, token: str) -> None:
+        """A job nobody fetched (its flow failed before reaching the relay): close and account for it."""
+        job = self._jobs.pop(token, None)
+        if job is not None:
+            job.end("the client left before the stream started", client_gone=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                token, length = _parse_head(head)
+                if length:
+                    await reader.readexactly(length)
+                job = self._jobs.pop(token, None) if token else None
+                if job is None:
+                    writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    await writer.drain()
+                    return
+                if not await self._pump(job, writer):
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            return
+        finally:
+            writer.close()
+
+    async def _pump(self, job: RelayJob, writer: asyncio.StreamWriter) -> bool:
+        """Writes the job's client stream; True when the response ended cleanly (connection reusable)."""
+        if job.expiry is not None:
+            job.expiry.cancel()
+        transcoder = job.transcoder
+        upstream = job.upstream
+        loop = asyncio.get_running_loop()
+        head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in job.headers.items())
+        writer.write(head.encode("latin-1") + b"transfer-encoding: chunked\r\n\r\n")
+        read_timeout = job.read_timeout
+        keepalive = job.keepalive if 0 < job.keepalive < read_timeout else read_timeout
+        last = loop.time()
+        reason: str | None = None
+        try:
+            await writer.drain()
+            while True:
+                try:
+                    data = await upstream.read(min(keepalive, max(0.001, last + read_timeout - loop.time())))
+                except TimeoutError:
+                    if loop.time() - last >= read_timeout - 0.001:
+                        reason = f"the upstream sent nothing for {read_timeout:g} s (read_timeout)"
+                        out = transcoder.fail(reason)
+                        break
+                    writer.write(_chunk(job.keepalive_bytes))
+                    await writer.drain()
+                    continue
+                except HttpError as e:
+                    reason = f"the upstream stream broke: {e}"
+                    out = transcoder.fail(reason)
+                    break
+                if not data:
+                    out = transcoder.close()
+                    break
+                last = loop.time()
+                out = transcoder.feed(data)
+                if out:
+                    writer.write(_chunk(out))
+                    await writer.drain()
+            writer.write((_chunk(out) if out else b"") + b"0\r\n\r\n")
+            await writer.drain()
+        except (ConnectionError, RuntimeError):
+            # mitmproxy closed the loopback connection: the client went away.
+            job.end("the client went away", client_gone=True)
+            return False
+        except BaseException:
+            job.end("the gateway stopped relaying the stream")
+            raise
+        job.end(reason)
+        return True
+
+
+def _parse_head(head: bytes) -> tuple[str | None, int]:
+    token: str | None = None
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == RELAY_HEADER.encode():
+            token = value.strip().decode("ascii", "replace")
+    return token, length

@@ -2,16 +2,12 @@
 from another account or a fallback provider/model when one fails before any byte reached
 the client.
 
-Two paths, chosen by what mitmproxy can and cannot do:
-- unary requests are sent with the gateway's own pooled HTTP/1.1 client (core/http1.py) from
-  the `request` hook; that keeps keep-alive connections across clients and lets every failure
-  (connect errors included) be retried elsewhere or answered in the caller's dialect;
-- streamed requests are re-targeted so mitmproxy relays the upstream body chunk by chunk
-  through a stream callable installed at `responseheaders`. mitmproxy answers a failed connect
-  with its own HTML page, so the upstream is first reached with a TCP probe. An error status
-  before the body is answered from the `response` hook: the request is sent again (after a
-  token refresh, or to the next account) with httpx and the whole answer is translated as one
-  buffered stream in the client's dialect.
+Every upstream request is sent with the gateway's own pooled HTTP/1.1 client (core/http1.py) from
+the `request` hook, so every failure before the answer's first byte (connect errors, resets before
+headers, error statuses, read timeouts) is retried elsewhere or answered in the caller's dialect.
+Unary answers are read whole. A stream is opened the same way; once its upstream answered 2xx, the
+flow is re-targeted to the in-process loopback relay (addons/stream.py), which pumps the upstream
+body through the stream translation and ends it with the dialect's in-band error if it breaks.
 """
 
 from __future__ import annotations
@@ -22,6 +18,7 @@ import logging
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx2
@@ -30,13 +27,14 @@ from tenacity import wait_exponential_jitter
 
 from addons import replies
 from addons.context import EXCHANGE, ROUTE, Gateway, Route
+from addons.flow_inspect import mask_header
 from addons.images import inline_remote_images
-from addons.stream import StreamRelay, StreamTranscoder
+from addons.stream import RELAY_HEADER, LoopbackRelay, RelayJob, StreamRelay, StreamTranscoder
 from auth.credentials import AuthContext, CredentialError
 from auth.pool import AccountPool, AllCoolingDown, NoUsableAccount, PoolAccount
 from auth.rate_limit import request_limits
 from core.config import Provider
-from core.http1 import Http1Client, HttpError
+from core.http1 import Http1Client, HttpError, StreamResponse
 from providers import ADAPTERS, ProviderAdapter, UpstreamRequest, upstream_dialect
 from providers.base import UpstreamFailure
 from translators import errors, get_codec, ir
@@ -66,8 +64,10 @@ class Exchange:
     request: UpstreamRequest | None = None
     refreshed: bool = False
     released: bool = False
-    # True once the flow was re-targeted for mitmproxy to relay (streams).
+    # True once the flow was re-targeted to the loopback relay (streams).
     relayed: bool = False
+    # The relay job's one-time token while mitmproxy has not fetched it yet.
+    relay_token: str | None = None
     transcoder: StreamTranscoder | StreamRelay | None = None
     # The answer as IR, for unary and buffered answers (streams keep it in the transcoder).
     response: ir.Response | None = None
@@ -129,7 +129,8 @@ class Upstream:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._client: httpx2.AsyncClient | None = None  # remote images to inline (addons/images.py)
-        self._http1 = Http1Client()  # unary upstream requests: the hot path
+        self._http1 = Http1Client()  # every upstream request: the hot path
+        self._relay = LoopbackRelay()  # serves opened streams to mitmproxy
 
     def client(self) -> httpx2.AsyncClient:
         if self._client is None:
@@ -140,7 +141,11 @@ class Upstream:
             )
         return self._client
 
+    async def running(self) -> None:
+        await self._relay.start()
+
     async def done(self) -> None:
+        await self._relay.stop()
         await self._http1.aclose()
         if self._client is not None:
             await self._client.aclose()
@@ -155,7 +160,7 @@ class Upstream:
         if route is None or route.operation != "generate":
             return
         try:
-            flow.response = await self._serve(flow, route, relay=route.stream)
+            flow.response = await self._serve(flow, route)
         except Exception:
             logger.exception("aiclient-mitm: upstream dispatch failed unexpectedly")
             flow.response = replies.error_response(route.dialect, 500, "internal error while calling the upstream")
@@ -204,13 +209,12 @@ class Upstream:
         flow: http.HTTPFlow,
         route: Route,
         *,
-        relay: bool,
         tried: set[tuple[str, str]] | None = None,
         last: http.Response | None = None,
         attempts: list[str] | None = None,
     ) -> http.Response | None:
         """Tries accounts and fallbacks until one answers. Returns the answer, or None when the flow
-        was re-targeted for mitmproxy to relay."""
+        was re-targeted to the loopback relay (a stream that started)."""
         retry = self.gateway.config.retry
         tried = tried if tried is not None else set()
         attempts = attempts if attempts is not None else []
@@ -241,19 +245,16 @@ class Upstream:
                 continue
             if problem is not None:
                 return problem
-            if relay:
-                answer = await self._relay(flow, route, exchange)
-                if answer is None:
-                    return None
-            else:
-                answer, failure = await self._attempt(flow, route, exchange)
-                exchange.release()
-                if failure is None:
-                    exchange.pool.report_success(member, model)
-                    return answer
-                self._report(exchange, failure)
-                if failure.kind in NO_FAILOVER:
-                    return answer
+            answer, failure = await self._attempt(flow, route, exchange)
+            if exchange.relayed:
+                return None  # the relay job releases the account when the stream ends
+            exchange.release()
+            if failure is None:
+                exchange.pool.report_success(member, model)
+                return answer
+            self._report(exchange, failure)
+            if failure.kind in NO_FAILOVER:
+                return answer
             tried.add((provider, member.label))
             last = answer
         return last
@@ -358,8 +359,8 @@ class Upstream:
 
     async def _attempt(
         self, flow: http.HTTPFlow, route: Route, exchange: Exchange
-    ) -> tuple[http.Response, UpstreamFailure | None]:
-        answer, failure = await self._send(route, exchange)
+    ) -> tuple[http.Response | None, UpstreamFailure | None]:
+        answer, failure = await self._send(flow, route, exchange)
         if failure is not None and failure.kind == "auth" and self._may_refresh(exchange):
             exchange.refreshed = True
             try:
@@ -367,19 +368,24 @@ class Upstream:
             except CredentialError as e:
                 return answer, UpstreamFailure("auth", f"token refresh failed: {e}")
             exchange.request = self._build(flow.request.headers, route, exchange, auth)
-            answer, failure = await self._send(route, exchange)
+            answer, failure = await self._send(flow, route, exchange)
         return answer, failure
 
     @staticmethod
     def _may_refresh(exchange: Exchange) -> bool:
         return not exchange.refreshed and bool(getattr(exchange.member.credential, "refreshable", False))
 
-    async def _send(self, route: Route, exchange: Exchange) -> tuple[http.Response, UpstreamFailure | None]:
+    async def _send(
+        self, flow: http.HTTPFlow, route: Route, exchange: Exchange
+    ) -> tuple[http.Response | None, UpstreamFailure | None]:
+        """One request to the upstream: its answer (None: a stream handed to the relay) and, if it
+        failed, what the failure means for the account."""
         up = exchange.request
         assert up is not None
         cfg = exchange.config
+        send = self._http1.stream if route.stream else self._http1.post
         try:
-            r = await self._http1.post(
+            r = await send(
                 up.url, up.headers, up.body, connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout
             )
         except HttpError as e:
@@ -388,6 +394,13 @@ class Upstream:
             return replies.error_response(route.dialect, 502, message), UpstreamFailure("transient", message)
         exchange.note(str(r.status_code))
         _note_usage(exchange, r.headers)
+        if isinstance(r, StreamResponse):
+            try:
+                await self._hand_to_relay(flow, route, exchange, r)
+            except Exception:
+                r.close()
+                raise
+            return None, None
         if r.status_code >= 400:
             failure = self._classify(exchange, r.status_code, r.content, r.headers)
             return self._upstream_error(route, exchange, r.status_code, r.content, r.headers, failure), failure
@@ -478,65 +491,69 @@ class Upstream:
 
     # -- streams ---------------------------------------------------------------------------
 
-    async def _relay(self, flow: http.HTTPFlow, route: Route, exchange: Exchange) -> http.Response | None:
-        """Re-targets the flow for mitmproxy to relay (None), or answers the unreachable upstream."""
+    async def _hand_to_relay(
+        self, flow: http.HTTPFlow, route: Route, exchange: Exchange, upstream: StreamResponse
+    ) -> None:
+        """The upstream stream started: give it to the loopback relay and re-target the flow there.
+        The flow keeps the upstream's host, path and body (credentials masked) for mitmweb."""
         up = exchange.request
         assert up is not None
+        port = await self._relay.start()
+        gemini_json = route.dialect == "gemini" and route.gemini_mode == "json"
+        exchange.transcoder = self._transcoder(route, exchange)
+        job = RelayJob(
+            upstream,
+            exchange.transcoder,
+            self._stream_headers(route),
+            read_timeout=exchange.config.read_timeout,
+            keepalive=self.gateway.config.stream_keepalive,
+            keepalive_bytes=errors.stream_keepalive(route.dialect, gemini_json=gemini_json),
+            on_end=partial(self._stream_ended, exchange),
+        )
+        token = self._relay.register(job)
         url = urllib.parse.urlsplit(up.url)
-        scheme = url.scheme
-        host = url.hostname or ""
-        port = url.port or (443 if scheme == "https" else 80)
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), exchange.config.connect_timeout)
-            writer.close()
-        except (TimeoutError, OSError) as e:
-            reason = "connect timed out" if isinstance(e, TimeoutError) else str(e)
-            exchange.note("unreachable")
-            exchange.release()
-            message = f"upstream {exchange.provider} unreachable: {reason}"
-            self._report(exchange, UpstreamFailure("transient", message))
-            return replies.error_response(route.dialect, 502, message)
         req = flow.request
-        # scheme before host/port: mitmproxy derives the default port from it.
-        req.scheme = scheme
-        req.host = host
+        req.scheme = "http"
+        req.host = "127.0.0.1"
         req.port = port
         req.path = url.path + (f"?{url.query}" if url.query else "")
         req.method = "POST"
-        netloc = host if url.port is None else f"{host}:{url.port}"
-        req.headers = http.Headers(
-            [(b"host", netloc.encode())] + [(k.encode(), v.encode()) for k, v in up.headers.items()]
-        )
+        fields = [(b"host", url.netloc.rpartition("@")[2].encode())]
+        fields += [(k.encode(), mask_header(k, v).encode()) for k, v in up.headers.items()]
+        fields.append((RELAY_HEADER.encode(), token.encode()))
+        req.headers = http.Headers(fields)
         req.content = up.body
+        exchange.relay_token = token
         exchange.relayed = True
-        return None
+
+    def _stream_ended(self, exchange: Exchange, reason: str | None, client_gone: bool) -> None:
+        """The relay finished a stream: free the account and judge it. A cut or a read timeout cools
+        the account like any transient failure; an in-band upstream error counts as its status says;
+        a client that left says nothing about the account."""
+        exchange.relay_token = None
+        exchange.release()
+        if client_gone:
+            return
+        if reason is not None:
+            exchange.note("cut")
+            self._report(exchange, UpstreamFailure("transient", reason))
+            return
+        transcoder = exchange.transcoder
+        error = transcoder.upstream_error if transcoder is not None else None
+        adapted = _stream_failure(exchange, error) if error is not None else None
+        if error is None:
+            exchange.pool.report_success(exchange.member, exchange.model)
+        elif adapted is not None:
+            self._report(exchange, adapted)
+        elif error.status in (429, 529, 500, 502, 503, 504):
+            kind = "rate_limited" if error.status == 429 else "transient"
+            self._report(exchange, UpstreamFailure(kind, error.message))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange: Exchange | None = flow.metadata.get(EXCHANGE)
-        route: Route | None = flow.metadata.get(ROUTE)
-        if exchange is None or route is None or not exchange.relayed or flow.response is None:
-            return
-        resp = flow.response
-        exchange.note(str(resp.status_code))
-        _note_usage(exchange, resp.headers)
-        if not 200 <= resp.status_code < 300:
-            return  # buffered; the response hook answers it (retry elsewhere or in the caller's dialect)
-        try:
-            exchange.transcoder = self._transcoder(route, exchange)
-        except Exception:
-            logger.exception("aiclient-mitm: could not set up stream translation")
-            resp.stream = False
-            return
-        resp.stream = exchange.transcoder
-        if exchange.passthrough:
-            resp.headers["cache-control"] = "no-cache"
-            resp.headers.update(replies.CORS_HEADERS)
-        else:
-            headers = self._stream_headers(route)
-            if flow.request.http_version == "HTTP/1.1":
-                # Without a framing header mitmproxy ends the body by closing the client's connection.
-                headers["transfer-encoding"] = "chunked"
-            resp.headers = http.Headers(**{k.replace("-", "_"): v for k, v in headers.items()})
+        if exchange is not None and exchange.relayed and flow.response is not None:
+            # The relay writes the client's stream already framed: mitmproxy passes it on as it comes.
+            flow.response.stream = True
 
     def _stream_headers(self, route: Route) -> dict[str, str]:
         json_mode = route.dialect == "gemini" and route.gemini_mode == "json"
@@ -562,83 +579,18 @@ class Upstream:
     def _transcoder(self, route: Route, exchange: Exchange) -> StreamTranscoder | StreamRelay:
         decoder = self._decoder(exchange)
         label = f"{route.dialect}<-{exchange.provider}/{exchange.account}"
+        gemini_json = route.dialect == "gemini" and route.gemini_mode == "json"
         if exchange.passthrough:
-            return StreamRelay(decoder, ResponseAccumulator(), label)
+            return StreamRelay(decoder, ResponseAccumulator(), label, route.dialect, gemini_json)
         encoder = get_codec(route.dialect).encoder(self._encoder_options(route, exchange))
-        return StreamTranscoder(decoder, encoder, ResponseAccumulator(), label)
-
-    async def response(self, flow: http.HTTPFlow) -> None:
-        exchange: Exchange | None = flow.metadata.get(EXCHANGE)
-        route: Route | None = flow.metadata.get(ROUTE)
-        if exchange is None or route is None or not exchange.relayed or exchange.released or flow.response is None:
-            return
-        exchange.release()
-        resp = flow.response
-        if exchange.transcoder is not None:
-            self._stream_outcome(exchange)
-            return
-        try:
-            flow.response = await self._after_relay_error(flow, route, exchange, resp)
-        except Exception:
-            logger.exception("aiclient-mitm: answering an upstream error failed")
-            flow.response = replies.error_response(route.dialect, 502, f"upstream {exchange.provider} failed")
-
-    def _stream_outcome(self, exchange: Exchange) -> None:
-        """A relayed stream ended: an in-band upstream error counts against the account."""
-        collector = exchange.transcoder.collector if exchange.transcoder else None
-        error = collector.error if collector is not None else None
-        adapted = _stream_failure(exchange, error) if error is not None else None
-        if error is None:
-            exchange.pool.report_success(exchange.member, exchange.model)
-        elif adapted is not None:
-            self._report(exchange, adapted)
-        elif error.status in (429, 529, 500, 502, 503, 504):
-            kind = "rate_limited" if error.status == 429 else "transient"
-            self._report(exchange, UpstreamFailure(kind, error.message))
-
-    async def _after_relay_error(
-        self, flow: http.HTTPFlow, route: Route, exchange: Exchange, resp: http.Response
-    ) -> http.Response:
-        """The relayed stream was refused before its body: refresh, or fail over, or translate."""
-        body = resp.content or b""
-        failure = self._classify(exchange, resp.status_code, body, resp.headers)
-        answer = self._upstream_error(route, exchange, resp.status_code, body, resp.headers, failure)
-        if failure.kind == "auth" and self._may_refresh(exchange):
-            exchange.refreshed = True
-            exchange.relayed = False
-            try:
-                auth = await exchange.member.credential.force_refresh()
-                exchange.request = self._build(flow.request.headers, route, exchange, auth)
-                answer, failure = await self._send(route, exchange)
-            except CredentialError as e:
-                failure = UpstreamFailure("auth", f"token refresh failed: {e}")
-            if failure is None:
-                exchange.pool.report_success(exchange.member, exchange.model)
-                return answer
-        self._report(exchange, failure)
-        if failure.kind in NO_FAILOVER:
-            return answer
-        retried = await self._serve(
-            flow,
-            route,
-            relay=False,
-            tried={(exchange.provider, exchange.account)},
-            last=answer,
-            attempts=exchange.attempts,
-        )
-        return retried or answer
+        return StreamTranscoder(decoder, encoder, ResponseAccumulator(), label, route.dialect, gemini_json)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        """The relayed connection broke (upstream reset, client gone): free the account, and count
-        a failure against it when the upstream never answered."""
+        """The flow broke before mitmproxy fetched its stream from the relay (the client left):
+        close the upstream stream and free the account."""
         exchange: Exchange | None = flow.metadata.get(EXCHANGE)
-        if exchange is None or not exchange.relayed or exchange.released:
-            return
-        exchange.release()
-        if exchange.transcoder is None and flow.response is None:
-            message = flow.error.msg if flow.error else "connection failed"
-            exchange.note("connection error")
-            self._report(exchange, UpstreamFailure("transient", message))
+        if exchange is not None and exchange.relay_token is not None:
+            self._relay.drop(exchange.relay_token)
 
 
 # -- optional adapter hooks (an adapter that lacks them gets the generic behaviour) -------------------

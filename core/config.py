@@ -96,9 +96,9 @@ class Provider(_Strict):
     models: list[str] = Field(default_factory=list)
     # claude-custom only: some relays want `Authorization: Bearer` instead of `x-api-key`.
     auth_header: Literal["x-api-key", "bearer"] = "x-api-key"
-    # Seconds to wait for the upstream's TCP/TLS connect, and between bytes of an answer the gateway
-    # reads itself (unary answers, retried streams). Relayed streams are mitmproxy's: it closes a
-    # connection after 10 minutes without traffic.
+    # Seconds to wait for the upstream's TCP/TLS connect; and the longest silence between two bytes
+    # of an upstream answer, unary or streamed (a stream silent longer ends with the client
+    # dialect's in-band error and the account cools like after any transient failure).
     connect_timeout: Annotated[float, Field(gt=0)] = 10.0
     read_timeout: Annotated[float, Field(gt=0)] = 300.0
     # OAuth providers: where tokens are refreshed (None = the provider's documented default;
@@ -306,6 +306,9 @@ class Config(_Strict):
     retry: Retry = Field(default_factory=Retry)
     cooldown: Cooldown = Field(default_factory=Cooldown)
     fallback: Fallback = Field(default_factory=Fallback)
+    # Seconds of upstream silence in a stream after which the client gets its dialect's keep-alive
+    # (Claude `event: ping`, an SSE comment for OpenAI/Responses, a blank line for Gemini); 0 = never.
+    stream_keepalive: Annotated[float, Field(ge=0)] = 15.0
     # HTTP/2 toward clients. Off by default: every SDK speaks HTTP/1.1 and it is cheaper.
     http2: bool = False
     # Pool state, discovered projects and usage counters; relative to the config file's folder.

@@ -1,4 +1,5 @@
-"""A small pooled HTTP/1.1 client (asyncio streams + h11) for the unary upstream requests.
+"""A small pooled HTTP/1.1 client (asyncio streams + h11) for the upstream requests, unary and
+streamed.
 
 Why not httpx on this path: one httpx request costs more CPU than mitmproxy's whole request
 (bench/README.md): its connection pool looks at every pooled connection on every request, and
@@ -87,14 +88,7 @@ class Http1Client:
     async def post(
         self, url: str, headers: dict[str, str], body: bytes, *, connect_timeout: float, read_timeout: float
     ) -> Response:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConnectError(f"unsupported URL {parts.scheme}://{parts.hostname or ''}")
-        key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        fields = [("host", parts.netloc.rpartition("@")[2]), ("content-length", str(len(body)))]
-        fields += [(k, v) for k, v in headers.items() if k.lower() not in ("host", "content-length")]
-        request = h11.Request(method="POST", target=target, headers=fields)
+        key, request = _request(url, headers, body)
         # An idle connection the server closed is never taken (see _Conn.usable); a failure on a
         # taken one is a failure of this request (the caller fails over, as with any other).
         conn = self._take(key) or await self._connect(key, connect_timeout)
@@ -105,6 +99,24 @@ class Http1Client:
             raise
         self._give_back(key, conn)
         return response
+
+    async def stream(
+        self, url: str, headers: dict[str, str], body: bytes, *, connect_timeout: float, read_timeout: float
+    ) -> StreamResponse | Response:
+        """POSTs and returns once the response head arrived: a 2xx as a StreamResponse whose body is
+        read chunk by chunk, any other status whole (an error body is small, and read to classify it)."""
+        key, request = _request(url, headers, body)
+        conn = self._take(key) or await self._connect(key, connect_timeout)
+        try:
+            head = await self._head(conn, request, body, read_timeout)
+            if not 200 <= head.status_code < 300:
+                response = await self._rest(conn, head, read_timeout)
+                self._give_back(key, conn)
+                return response
+        except BaseException:
+            conn.close()
+            raise
+        return StreamResponse(head.status_code, head.headers, self, key, conn)
 
     async def aclose(self) -> None:
         for pool in self._idle.values():
@@ -145,11 +157,11 @@ class Http1Client:
         return _Conn(reader, writer)
 
     async def _exchange(self, conn: _Conn, request: h11.Request, body: bytes, timeout: float) -> Response:
+        return await self._rest(conn, await self._head(conn, request, body, timeout), timeout)
+
+    async def _head(self, conn: _Conn, request: h11.Request, body: bytes, timeout: float) -> Response:
+        """Sends the request and reads up to the final response head (content still empty)."""
         c = conn.h11
-        status = 0
-        headers: dict[str, str] = {}
-        chunks: list[bytes] = []
-        size = 0
         try:
             conn.writer.write(c.send(request) + c.send(h11.Data(data=body)) + c.send(h11.EndOfMessage()))
             await conn.writer.drain()
@@ -160,19 +172,13 @@ class Http1Client:
                         data = await conn.reader.read(_READ)
                     c.receive_data(data)
                 elif type(event) is h11.Response:
-                    status = event.status_code
+                    headers: dict[str, str] = {}
                     for name, value in event.headers:
                         k, v = name.decode("latin-1"), value.decode("latin-1")
                         headers[k] = f"{headers[k]}, {v}" if k in headers else v
-                elif type(event) is h11.Data:
-                    size += len(event.data)
-                    if size > MAX_BODY:
-                        raise RemoteProtocolError(f"response body larger than {MAX_BODY} bytes")
-                    chunks.append(bytes(event.data))
-                elif type(event) is h11.EndOfMessage:
-                    return Response(status, headers, b"".join(chunks))
+                    return Response(event.status_code, headers, b"")
                 elif type(event) is h11.ConnectionClosed:
-                    raise RemoteProtocolError("the server closed the connection before the end of the response")
+                    raise RemoteProtocolError("the server closed the connection before answering")
                 # InformationalResponse (1xx): wait for the final one
         except TimeoutError:
             raise ReadTimeout(f"no data for {timeout:g} s") from None
@@ -180,3 +186,92 @@ class Http1Client:
             raise RemoteProtocolError(f"connection lost: {e}") from None
         except h11.ProtocolError as e:
             raise RemoteProtocolError(f"malformed response: {e}") from None
+
+    async def _rest(self, conn: _Conn, head: Response, timeout: float) -> Response:
+        """Reads the body after `_head`, whole."""
+        c = conn.h11
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                event = c.next_event()
+                if event is h11.NEED_DATA:
+                    async with asyncio.timeout(timeout):
+                        data = await conn.reader.read(_READ)
+                    c.receive_data(data)
+                elif type(event) is h11.Data:
+                    size += len(event.data)
+                    if size > MAX_BODY:
+                        raise RemoteProtocolError(f"response body larger than {MAX_BODY} bytes")
+                    chunks.append(bytes(event.data))
+                elif type(event) is h11.EndOfMessage:
+                    head.content = b"".join(chunks)
+                    return head
+                elif type(event) is h11.ConnectionClosed:
+                    raise RemoteProtocolError("the server closed the connection before the end of the response")
+        except TimeoutError:
+            raise ReadTimeout(f"no data for {timeout:g} s") from None
+        except ConnectionError as e:
+            raise RemoteProtocolError(f"connection lost: {e}") from None
+        except h11.ProtocolError as e:
+            raise RemoteProtocolError(f"malformed response: {e}") from None
+
+
+class StreamResponse:
+    """A 2xx answer whose body is still arriving. `read()` gives the next piece; close() when done
+    (a connection whose body was read to its end goes back to the pool, any other is closed)."""
+
+    __slots__ = ("_client", "_conn", "_key", "headers", "status_code")
+
+    def __init__(
+        self, status_code: int, headers: dict[str, str], client: Http1Client, key: tuple[str, str, int], conn: _Conn
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self._client = client
+        self._key = key
+        self._conn: _Conn | None = conn
+
+    async def read(self, timeout: float) -> bytes:
+        """The next body bytes, b"" at the clean end. Raises TimeoutError (plain, and harmless: the
+        read may be retried) when nothing arrived for `timeout` s, RemoteProtocolError when the
+        body was cut."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        c = conn.h11
+        try:
+            while True:
+                event = c.next_event()
+                if event is h11.NEED_DATA:
+                    async with asyncio.timeout(timeout):
+                        data = await conn.reader.read(_READ)
+                    c.receive_data(data)
+                elif type(event) is h11.Data:
+                    return bytes(event.data)
+                elif type(event) is h11.EndOfMessage:
+                    self._conn = None
+                    self._client._give_back(self._key, conn)
+                    return b""
+                elif type(event) is h11.ConnectionClosed:
+                    raise RemoteProtocolError("the upstream closed the connection in the middle of the body")
+        except ConnectionError as e:
+            raise RemoteProtocolError(f"connection lost: {e}") from None
+        except h11.ProtocolError as e:
+            raise RemoteProtocolError(f"malformed response: {e}") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _request(url: str, headers: dict[str, str], body: bytes) -> tuple[tuple[str, str, int], h11.Request]:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConnectError(f"unsupported URL {parts.scheme}://{parts.hostname or ''}")
+    key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    fields = [("host", parts.netloc.rpartition("@")[2]), ("content-length", str(len(body)))]
+    fields += [(k, v) for k, v in headers.items() if k.lower() not in ("host", "content-length")]
+    return key, h11.Request(method="POST", target=target, headers=fields)

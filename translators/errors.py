@@ -73,3 +73,44 @@ def extract_message(body: bytes) -> str:
         if isinstance(msg, str) and msg:
             return msg
     return text[:500]
+
+
+def stream_error_frame(dialect: str, status: int, message: str, *, gemini_json: bool = False) -> bytes:
+    """The raw in-band error a client of `dialect` gets when its stream fails after bytes went out,
+    at an event boundary, ending the stream: what the official SDK of each dialect raises as an API
+    error (OpenAI SDKs raise on any event whose data has a top-level "error" object; google-genai on
+    a chunk starting with {"error":; anthropic on `event: error`)."""
+    compact = {"ensure_ascii": False, "separators": (",", ":")}
+    if dialect == "claude":
+        return f"event: error\ndata: {json.dumps(claude_error(status, message), **compact)}\n\n".encode()
+    if dialect == "gemini":
+        body = json.dumps(gemini_error(status, message), **compact)
+        return f",\r\n{body}]".encode() if gemini_json else f"data: {body}\r\n\r\n".encode()
+    if dialect == "openai_responses":
+        return responses_error_event(status, message)
+    return f"data: {json.dumps(openai_error(status, message), **compact)}\n\ndata: [DONE]\n\n".encode()
+
+
+def responses_error_event(status: int, message: str) -> bytes:
+    """The Responses `error` event. Its documented fields are flat (code, message, param); the nested
+    `error` object is what makes the openai SDK raise APIError instead of yielding the event."""
+    code = openai_error_type(status)
+    event = {
+        "type": "error",
+        "code": code,
+        "message": message,
+        "param": None,
+        "error": {"type": code, "code": code, "message": message},
+    }
+    return f"event: error\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+def stream_keepalive(dialect: str, *, gemini_json: bool = False) -> bytes:
+    """Bytes a client of `dialect` ignores, sent during upstream silences so idle timeouts on the way
+    do not cut a healthy stream. Gemini gets a blank line, not an SSE comment: google-genai reads any
+    non-`data:` line as raw JSON and fails on a comment."""
+    if dialect == "claude":
+        return b'event: ping\ndata: {"type":"ping"}\n\n'
+    if dialect == "gemini":
+        return b"\n" if gemini_json else b"\r\n"
+    return b": keep-alive\n\n"

@@ -131,18 +131,21 @@ def test_request_faults_are_not_retried_and_not_held_against_the_account(gw, fak
 
 
 def test_upstream_cut_mid_stream_ends_the_client_stream(gw, fakes):
-    """Bytes already went out: no failover, and the client is not left hanging."""
+    """Bytes already went out: no failover; the client's stream ends with an in-band error event
+    and a clean end of the body, and the account cools."""
     fakes.openai.faults.append(Fault(kind="reset_mid_stream", after_events=3))
     with httpx2.stream(
         "POST", f"{gw.url}/v1/chat/completions", headers=AUTH, json={**CHAT, "stream": True}, timeout=10
     ) as r:
         assert r.status_code == 200
-        received = b""
-        with pytest.raises(httpx2.HTTPError):
-            for chunk in r.iter_bytes():
-                received += chunk
+        received = r.read()  # a broken body would raise here
+    events = [e for e in received.split(b"\n\n") if e]
     assert received.startswith(b"data: ")
+    assert events[-1] == b"data: [DONE]"
+    assert json.loads(events[-2].removeprefix(b"data: "))["error"]["type"] == "server_error"
     assert len(fakes.openai.requests) == 1
+    failed = [a for a in pool_of(gw)["openai-custom"].values() if a["errors"]]
+    assert len(failed) == 1 and failed[0]["state"] == "cooling"
 
 
 def test_fifty_concurrent_clients_with_half_the_accounts_failing(gw, fakes):
