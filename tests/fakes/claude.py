@@ -74,6 +74,9 @@ class FakeClaude(FakeServer):
         self.text_after_tool_use = text_after_tool_use
         self.issued_signatures: set[str] = set()
 
+    def stream_error_event(self) -> bytes:
+        return sse_event({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")
+
     def error_payload(self, err: HttpError) -> dict[str, Any]:
         kind = ERROR_TYPES.get(err.status, "api_error")
         return {"type": "error", "error": {"type": kind, "message": err.message}, "request_id": self.new_id("req_")}

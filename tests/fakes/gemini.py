@@ -220,6 +220,10 @@ class FakeGemini(FakeServer):
         super().__init__(split_writes=split_writes, write_delay=write_delay, seed=seed)
         self.api_key = api_key
 
+    def stream_error_event(self) -> bytes:
+        error = {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}
+        return sse_event({"error": error}, eol="\r\n")
+
     def error_payload(self, err: HttpError) -> dict[str, Any]:
         error: dict[str, Any] = {
             "code": err.status,

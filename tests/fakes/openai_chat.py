@@ -201,6 +201,11 @@ class FakeOpenAIChat(FakeServer):
         self.models = models
         self.stream_noise = stream_noise
 
+    def stream_error_event(self) -> bytes:
+        # What api.openai.com sends when a completion fails mid-stream.
+        error = {"message": "The server had an error while processing your request.", "type": "server_error"}
+        return sse_event({"error": {**error, "param": None, "code": None}})
+
     def error_payload(self, err: HttpError) -> dict[str, Any]:
         return openai_error(err)
 

@@ -50,6 +50,10 @@ class FakeOpenAIResponses(FakeServer):
         self.issued_encrypted_reasoning: set[str] = set()
         self.issued_reasoning_ids: set[str] = set()
 
+    def stream_error_event(self) -> bytes:
+        event = {"type": "error", "code": "server_error", "message": "The model failed mid-stream.", "param": None}
+        return sse_event({**event, "sequence_number": 99}, "error")
+
     def error_payload(self, err: HttpError) -> dict[str, Any]:
         return openai_error(err)
 

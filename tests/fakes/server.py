@@ -24,7 +24,17 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
-FAULT_KINDS = frozenset({"status", "reset_before_headers", "reset_mid_stream", "hang", "overloaded_mid_stream"})
+FAULT_KINDS = frozenset(
+    {
+        "status",
+        "reset_before_headers",
+        "reset_mid_stream",
+        "hang",
+        "overloaded_mid_stream",
+        "stall_mid_stream",
+        "error_mid_stream",
+    }
+)
 
 
 @dataclass
@@ -34,7 +44,10 @@ class Fault:
     "status" answers `status` with `body` (default: the fake's own error shape) and `headers`;
     "reset_before_headers" resets the TCP connection (RST) without answering; "reset_mid_stream" sends
     `after_events` stream events (or half of a JSON body) then closes without the chunked terminator;
-    "hang" holds the connection `seconds` then closes it unanswered; "overloaded_mid_stream" is Claude's.
+    "hang" holds the connection `seconds` then closes it unanswered; "overloaded_mid_stream" is Claude's;
+    "stall_mid_stream" sends `after_events` events, goes silent for `seconds`, then goes on;
+    "error_mid_stream" sends `after_events` events, then the upstream's own in-band error event
+    (`FakeServer.stream_error_event`) and a clean end of the body.
     """
 
     status: int = 500
@@ -107,14 +120,22 @@ class Exchange:
         """Streams events with chunked encoding; every item of `events` (comments too) counts as one event."""
         base = {"content-type": "text/event-stream", "cache-control": "no-cache", "transfer-encoding": "chunked"}
         self._start(200, base, headers)
-        limit = self.fault.after_events if self.fault is not None and self.fault.kind == "reset_mid_stream" else None
+        kind = self.fault.kind if self.fault is not None else None
+        limit = self.fault.after_events if kind in ("reset_mid_stream", "error_mid_stream") else None
+        stall_at = self.fault.after_events if kind == "stall_mid_stream" else None
         for count, event in enumerate(events):
             if count == limit:
                 break
+            if count == stall_at:
+                self._fake._stopping.wait(self.fault.seconds)
             for piece in self._pieces(event):
                 self._write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 if self._fake.write_delay:
                     time.sleep(self._fake.write_delay)
+        if kind == "error_mid_stream":
+            error = self._fake.stream_error_event()
+            self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(error), error))
+            return
         if limit is not None:
             self._handler.close_connection = True  # FIN without the 0-size chunk: an incomplete body
             return
@@ -224,6 +245,10 @@ class FakeServer:
         raise NotImplementedError
 
     def error_payload(self, err: HttpError) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stream_error_event(self) -> bytes:
+        """The error event this upstream sends inside a 200 stream (fault "error_mid_stream")."""
         raise NotImplementedError
 
     def new_id(self, prefix: str, length: int = 24) -> str:
