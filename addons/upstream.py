@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -228,7 +229,13 @@ class Upstream:
             if isinstance(pick, _Unavailable):
                 wait = pick.retry_after
                 if wait is None or waited + wait > retry.max_wait or round_no == retry.max_attempts - 1:
-                    return last or self._unavailable(route, pick)
+                    if last is None:
+                        return self._unavailable(route, pick)
+                    if wait is not None and last.status_code == 429 and "retry-after" not in last.headers:
+                        # Every account answered 429 with its delay in the body (RetryInfo): the
+                        # client still learns when to come back, on this first answer too.
+                        last.headers["retry-after"] = str(max(1, math.ceil(wait)))
+                    return last
                 # Every account is cooling but one frees up within max_wait: back off (exponential with
                 # jitter, never less than the upstream's Retry-After), then try again.
                 backoff = wait_exponential_jitter(initial=retry.backoff_base, max=retry.max_wait)

@@ -956,6 +956,10 @@ class GeminiCodec:
             raise TranslationError("", "the request body must be a JSON object")
         if _get(body, "contents") is None:
             raise TranslationError("contents", "is required")
+        if _get(body, "contents") == []:
+            # Google answers 400 "contents is not specified"; refused here before any upstream or
+            # model check, so every provider (Kiro's model list included) gets the same 400.
+            raise TranslationError("contents", "must not be empty")
         req = Request(_strip_models(model or ""), _parse_contents(_get(body, "contents")), stream=bool(stream))
         extras: dict[str, Any] = {}
         for raw_key, value in body.items():

@@ -368,6 +368,26 @@ def test_rate_limit_delay_and_spent_quota_reach_the_pool(tmp_path):
             gw.stop()
 
 
+def test_first_answer_when_every_account_is_rate_limited_has_retry_after(tmp_path):
+    """Each account answers 429 with its delay only in the body (RetryInfo 37 s): the very first
+    answer already tells the client when to come back."""
+    with FakeCodeAssist() as fake:
+        creds = write_login(tmp_path / "home" / "oauth_creds.json", fake.issue_login())
+        config = gateway_config(fake, creds, configured_project(fake))
+        first = config["providers"][PID]["accounts"][0]
+        config["providers"][PID]["accounts"].append({**first, "label": "g2"})
+        config["retry"] = {"max_attempts": 3, "max_wait": 5}
+        gw = start_gateway(tmp_path / "gw", config)
+        try:
+            fake.faults.extend(Fault(status=429, body=rate_limit_error("37s")) for _ in range(2))
+            with pytest.raises(openai.RateLimitError) as e:
+                ChatDriver(gw.url, PID).text("hi there", False)
+            assert 36 <= int(e.value.response.headers["retry-after"]) <= 38
+            assert len(generate_calls(fake)) == 2
+        finally:
+            gw.stop()
+
+
 # -- login ----------------------------------------------------------------------------------------------------
 
 
