@@ -132,8 +132,17 @@ class Upstream:
         self._client: httpx2.AsyncClient | None = None  # remote images to inline (addons/images.py)
         self._http1 = Http1Client()  # every upstream request: the hot path
         self._relay = LoopbackRelay()  # serves opened streams to mitmproxy
+        self._proxied: dict[str, httpx2.AsyncClient] = {}  # image fetches through outbound proxies
+        self._proxies: dict[tuple[str, str], str | None] = {}  # (provider, account) -> its proxy
+        self._proxy_config: object | None = None
 
-    def client(self) -> httpx2.AsyncClient:
+    def client(self, proxy: str | None = None) -> httpx2.AsyncClient:
+        """The httpx client for remote image fetches, one per outbound proxy."""
+        if proxy:
+            client = self._proxied.get(proxy)
+            if client is None:
+                client = self._proxied[proxy] = httpx2.AsyncClient(proxy=proxy, follow_redirects=False, trust_env=False)
+            return client
         if self._client is None:
             self._client = httpx2.AsyncClient(
                 limits=httpx2.Limits(max_connections=512, max_keepalive_connections=64),
@@ -141,6 +150,26 @@ class Upstream:
                 trust_env=False,
             )
         return self._client
+
+    def _proxy(self, exchange: Exchange) -> str | None:
+        """The account's outbound proxy: its own, else its provider's, else the global one."""
+        config = self.gateway.config
+        if self._proxy_config is not config:  # reloaded: resolve again
+            self._proxy_config = config
+            self._proxies = {}
+        key = (exchange.provider, exchange.account)
+        if key not in self._proxies:
+            chosen = next(
+                (
+                    a.proxy
+                    for i, a in enumerate(exchange.config.accounts)
+                    if a.proxy is not None and a.display_label(i) == exchange.account
+                ),
+                None,
+            )
+            chosen = chosen or exchange.config.proxy or config.proxy
+            self._proxies[key] = chosen.get_secret_value() if chosen is not None else None
+        return self._proxies[key]
 
     async def running(self) -> None:
         await self._relay.start()
@@ -151,6 +180,9 @@ class Upstream:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        for client in self._proxied.values():
+            await client.aclose()
+        self._proxied.clear()
 
     # -- request ---------------------------------------------------------------------------
 
@@ -293,7 +325,8 @@ class Upstream:
             raise _SkipAccount(replies.error_response(route.dialect, 429, limited.message, headers=limited.headers))
         try:
             if not passthrough and not adapter.accepts_image_urls:
-                await inline_remote_images(route.request, self.gateway.config.images, self.client(), provider)
+                images = self.client(self._proxy(exchange))
+                await inline_remote_images(route.request, self.gateway.config.images, images, provider)
             exchange.body = self._upstream_body(route, adapter, passthrough, model, dialect)
         except TranslationError as e:
             exchange.release()
@@ -393,7 +426,12 @@ class Upstream:
         send = self._http1.stream if route.stream else self._http1.post
         try:
             r = await send(
-                up.url, up.headers, up.body, connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout
+                up.url,
+                up.headers,
+                up.body,
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=cfg.read_timeout,
+                proxy=self._proxy(exchange),
             )
         except HttpError as e:
             exchange.note(type(e).__name__)

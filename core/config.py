@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +18,7 @@ import yaml
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
+    BeforeValidator,
     ByteSize,
     ConfigDict,
     Discriminator,
@@ -46,6 +48,30 @@ class ConfigError(Exception):
     """A configuration problem, worded for the user: `key.path: reason`."""
 
 
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
+
+
+def _proxy_url(value: Any) -> Any:
+    """An outbound proxy URL; checked without ever putting the URL (it may hold a password) in the error."""
+    if value is None:
+        return None
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if not isinstance(text, str):
+        raise ValueError("must be a URL string")
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in PROXY_SCHEMES or not parts.hostname:
+        raise ValueError(f"must be an http://, https:// or socks5:// URL with a host (got scheme {parts.scheme!r})")
+    try:
+        parts.port  # noqa: B018 -- raises on a bad port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return SecretStr(text)
+
+
+# A proxy URL for upstream calls, token refreshes and image fetches (credentials allowed in it, never shown).
+ProxyUrl = Annotated[SecretStr | None, BeforeValidator(_proxy_url)]
+
+
 class _Strict(BaseModel):
     # Unknown keys are mistakes (a typo would otherwise be silently ignored).
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -68,6 +94,8 @@ class Account(_Strict):
     # vertex-ai: the region of the endpoint ("us-central1", "europe-west4", ... or "global").
     location: str | None = None
     enabled: bool = True
+    # Outbound proxy for this account's upstream calls and token refreshes (wins over the provider's).
+    proxy: ProxyUrl = None
 
     def display_label(self, index: int) -> str:
         """A name for logs and status pages -- never derived from the secret."""
@@ -101,6 +129,8 @@ class Provider(_Strict):
     # dialect's in-band error and the account cools like after any transient failure).
     connect_timeout: Annotated[float, Field(gt=0)] = 10.0
     read_timeout: Annotated[float, Field(gt=0)] = 300.0
+    # Outbound proxy for this provider's accounts (wins over the global one, loses to an account's).
+    proxy: ProxyUrl = None
     # OAuth providers: where tokens are refreshed (None = the provider's documented default;
     # Kiro URLs may contain {region}), and how long before expiry a token is refreshed.
     token_url: AnyHttpUrl | None = None
@@ -309,6 +339,8 @@ class Config(_Strict):
     # Seconds of upstream silence in a stream after which the client gets its dialect's keep-alive
     # (Claude `event: ping`, an SSE comment for OpenAI/Responses, a blank line for Gemini); 0 = never.
     stream_keepalive: Annotated[float, Field(ge=0)] = 15.0
+    # Outbound proxy for every upstream call, token refresh and image fetch (http, https, socks5).
+    proxy: ProxyUrl = None
     # HTTP/2 toward clients. Off by default: every SDK speaks HTTP/1.1 and it is cheaper.
     http2: bool = False
     # Pool state, discovered projects and usage counters; relative to the config file's folder.

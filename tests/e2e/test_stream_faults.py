@@ -230,6 +230,9 @@ def test_memory_is_stable_over_faulted_streams(single, fakes):
     assert after - before < 8 * 1024, f"RSS grew {after - before} KiB over 200 faulted streams"
     fakes.openai.faults.clear()
     # and the gateway still serves normally
-    assert json.loads(
-        httpx2.post(url, json={**body, "stream": False}, headers=headers, timeout=10).content
-    )["choices"][0]["message"]["content"] == "Hello! You said: hi there"
+    assert (
+        json.loads(httpx2.post(url, json={**body, "stream": False}, headers=headers, timeout=10).content)["choices"][0][
+            "message"
+        ]["content"]
+        == "Hello! You said: hi there"
+    )
