@@ -267,6 +267,8 @@ class RelayJob:
     on_end: Callable[[str | None, bool], None]
     expiry: asyncio.TimerHandle | None = None
     ended: bool = False
+    # Set when mitmproxy reported the client gone while the stream was being pumped.
+    client_gone: bool = False
 
     def end(self, reason: str | None, client_gone: bool = False) -> None:
         if self.ended:
@@ -291,19 +293,21 @@ class LoopbackRelay:
 
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
-        self._jobs: dict[str, RelayJob] = {}
+        self._jobs: dict[str, RelayJob] = {}  # registered, not fetched yet
+        self._active: dict[str, RelayJob] = {}  # being pumped
         self.port = 0
 
     async def start(self) -> int:
         if self._server is None:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=1 << 20)
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=1 << 20, backlog=4096)
             self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
     async def stop(self) -> None:
-        for job in list(self._jobs.values()):
+        for job in [*self._jobs.values(), *self._active.values()]:
             job.end("the gateway is shutting down")
         self._jobs.clear()
+        self._active.clear()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -315,10 +319,16 @@ class LoopbackRelay:
         return token
 
     def drop(self, token: str) -> None:
-        """A job nobody fetched (its flow failed before reaching the relay): close and account for it."""
+        """The flow failed (the client left): a job nobody fetched is closed and accounted for; a job
+        being pumped stops waiting for its upstream at once instead of at its next write."""
         job = self._jobs.pop(token, None)
         if job is not None:
             job.end("the client left before the stream started", client_gone=True)
+            return
+        job = self._active.get(token)
+        if job is not None:
+            job.client_gone = True
+            job.upstream.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -335,7 +345,12 @@ class LoopbackRelay:
                     writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                     await writer.drain()
                     return
-                if not await self._pump(job, writer):
+                self._active[token] = job
+                try:
+                    clean = await self._pump(job, writer)
+                finally:
+                    self._active.pop(token, None)
+                if not clean:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             return
@@ -389,8 +404,8 @@ class LoopbackRelay:
         except BaseException:
             job.end("the gateway stopped relaying the stream")
             raise
-        job.end(reason)
-        return True
+        job.end(reason, client_gone=job.client_gone)
+        return not job.client_gone
 
 
 def _parse_head(head: bytes) -> tuple[str | None, int]:
