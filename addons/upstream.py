@@ -443,8 +443,11 @@ class Upstream:
             try:
                 await self._hand_to_relay(flow, route, exchange, r)
             except Exception:
+                # The gateway's fault, not the account's: no failover, nothing held against it.
+                logger.exception("aiclient-mitm: could not hand the stream to the relay")
                 r.close()
-                raise
+                message = "the gateway could not relay the upstream stream"
+                return replies.error_response(route.dialect, 500, message), UpstreamFailure("bad_request", message)
             return None, None
         if r.status_code >= 400:
             failure = self._classify(exchange, r.status_code, r.content, r.headers)
