@@ -184,3 +184,98 @@ def test_tls_verifies_the_server_and_reuses_the_connection(tmp_path):
 
     # One connection for the three requests; the refused handshake never reaches the handler.
     assert run(main()) == 1
+
+
+def test_stream_reads_piece_by_piece_then_pools_the_connection():
+    gate = asyncio.Event()
+
+    async def slow_chunks(reader, writer):
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            await writer.drain()
+            await gate.wait()
+            writer.write(b"6\r\n world\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async def main():
+        client = Http1Client()
+        async with Server(slow_chunks) as server:
+            r = await client.stream(server.url + "/s", {}, b"{}", connect_timeout=2, read_timeout=2)
+            assert r.status_code == 200 and r.headers["transfer-encoding"] == "chunked"
+            assert await r.read(1) == b"hello"
+            with pytest.raises(TimeoutError):  # a silence shorter than read_timeout: resumable
+                await r.read(0.05)
+            gate.set()
+            assert await r.read(1) == b" world"
+            assert await r.read(1) == b""
+            r.close()
+            again = await client.stream(server.url + "/s", {}, b"{}", connect_timeout=2, read_timeout=2)
+            assert await again.read(1) == b"hello"
+            assert server.connections == 1  # the finished stream's connection was reused
+            again.close()
+        await client.aclose()
+
+    run(main())
+
+
+def test_stream_error_status_is_read_whole_and_a_cut_is_named():
+    async def refuse_then_cut(reader, writer):
+        await read_request(reader)
+        body = b'{"error":{"message":"slow down"}}'
+        writer.write(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+
+    async def main():
+        client = Http1Client()
+        async with Server(refuse_then_cut) as server:
+            r = await client.stream(server.url, {}, b"{}", connect_timeout=2, read_timeout=2)
+            assert r.status_code == 429 and b"slow down" in r.content
+            s = await client.stream(server.url, {}, b"{}", connect_timeout=2, read_timeout=2)
+            assert await s.read(1) == b"abc"
+            with pytest.raises(RemoteProtocolError):
+                await s.read(1)
+            s.close()
+        await client.aclose()
+
+    run(main())
+
+
+def test_connect_tunnel_through_an_http_proxy_sends_its_credentials():
+    seen: list[bytes] = []
+
+    async def tunnel(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        host, _, port = head.split(b" ")[1].decode().partition(":")
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(src, dst):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    async def main():
+        client = Http1Client()
+        async with Server(keep_alive_echo) as upstream, Server(tunnel) as proxy:
+            proxy_url = proxy.url.replace("http://", "http://us%40er:p%3Ass@")
+            for _ in range(2):
+                r = await client.post(upstream.url, {}, b"ping", connect_timeout=2, read_timeout=2, proxy=proxy_url)
+                assert r.status_code == 200
+            assert proxy.connections == 1 and upstream.connections == 1  # pooled per (upstream, proxy)
+            port = upstream.server.sockets[0].getsockname()[1]
+            assert seen[0].startswith(f"CONNECT 127.0.0.1:{port} HTTP/1.1".encode())
+            assert b"Proxy-Authorization: Basic dXNAZXI6cDpzcw==" in seen[0]  # us@er:p:ss
+            with pytest.raises(ConnectError) as e:
+                await client.post(
+                    upstream.url, {}, b"", connect_timeout=1, read_timeout=1, proxy="http://u:pw@127.0.0.1:1"
+                )
+            assert "via proxy http://127.0.0.1:1" in str(e.value) and "pw" not in str(e.value)
+        await client.aclose()
+
+    run(main())
