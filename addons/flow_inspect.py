@@ -3,7 +3,7 @@
 - the flow's comment names the route: client dialect -> provider/account/model, the attempts
   and how it ended (never a secret);
 - streamed answers get a body after the fact: mitmproxy keeps none for streamed flows, so the
-  bytes the stream callable sent to the client are copied (up to inspect.stream_body_max) and
+  bytes the stream relay sent to the client are copied (up to inspect.stream_body_max) and
   set as the response body once the stream ended -- only when flows are kept (mitmweb/console);
 - the upstream request (URL, headers with credentials masked, body) stays in
   flow.metadata["aiclient.upstream_request"], and credentials in the re-targeted request of a
@@ -212,17 +212,23 @@ class Inspect:
         self.annotate = self.keep_flows or getattr(ctx.options, "flow_detail", 1) > 0
 
     def request(self, flow: http.HTTPFlow) -> None:
+        # A stream's translator exists once Upstream (earlier in the chain) opened it; the relay
+        # starts writing only after every request hook ran, so tapping here misses no byte.
+        self._tap(flow)
         if self.annotate:
             self._comment(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        limit = int(self.gateway.config.inspect.stream_body_max)
-        transcoder = getattr(flow.metadata.get(EXCHANGE), "transcoder", None)
-        if self.keep_flows and limit > 0 and transcoder is not None and hasattr(transcoder, "tap"):
-            transcoder.tap = bytearray()
-            transcoder.tap_limit = limit
+        self._tap(flow)
         if self.annotate:
             self._comment(flow)
+
+    def _tap(self, flow: http.HTTPFlow) -> None:
+        limit = int(self.gateway.config.inspect.stream_body_max)
+        transcoder = getattr(flow.metadata.get(EXCHANGE), "transcoder", None)
+        if self.keep_flows and limit > 0 and transcoder is not None and getattr(transcoder, "tap", 0) is None:
+            transcoder.tap = bytearray()
+            transcoder.tap_limit = limit
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
