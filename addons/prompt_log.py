@@ -40,6 +40,7 @@ from mitmproxy import http
 from addons.context import CLIENT_KEY_ID, CLIENT_KEY_NAME, EXCHANGE, ROUTE, Gateway, Route
 from addons.outcome import OK, Outcome, outcome_of
 from translators.openai_messages import conversation, tool_definitions
+from translators.turns import SYSTEM_CLOSE, SYSTEM_OPEN
 
 logger = logging.getLogger(__name__)
 
@@ -517,6 +518,8 @@ def to_sharegpt(record: dict[str, Any]) -> dict[str, Any]:
             pending_results = []
         if role == "system" and not turns:
             system = _plain_text(m.get("content"), images)
+        elif role == "system":  # inside the conversation: a delimited block of the human turn
+            add("human", f"{SYSTEM_OPEN}\n{_plain_text(m.get('content'), images)}\n{SYSTEM_CLOSE}")
         elif role == "user":
             add("human", _plain_text(m.get("content"), images))
         elif role == "tool":

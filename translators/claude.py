@@ -19,6 +19,7 @@ from translators.errors import claude_error, extract_message
 from translators.signatures import decode_tool_call_id, encode_tool_call_id, tag_signature, untag_signature
 from translators.sse import SseParser, named_event
 from translators.thinking import CLAUDE_MIN_BUDGET, EFFORT_TO_BUDGET, effort_to_budget
+from translators.turns import fold_system_turns
 
 DEFAULT_MAX_TOKENS = 8192
 """`max_tokens` sent to a Claude upstream when the client gave none: Claude requires the field, and
@@ -186,9 +187,14 @@ def _parse_result_content(block: dict[str, Any], path: str) -> list[ir.TextPart 
 def _parse_message(value: Any, path: str, names: dict[str, str]) -> ir.Message:
     msg = _object(value, path)
     role = _field(msg, "role", f"{path}.role", "string", required=True)
-    if role not in ("user", "assistant"):
-        raise TranslationError(f"{path}.role", f"must be 'user' or 'assistant', got {role!r}")
+    if role not in ("user", "assistant", "system"):
+        raise TranslationError(f"{path}.role", f"must be 'user', 'assistant' or 'system', got {role!r}")
     content = msg.get("content")
+    if role == "system":
+        # Claude Code sends these between turns; Anthropic accepts them. Text only, kept in place.
+        if isinstance(content, str):
+            return ir.Message("system", [ir.TextPart(content)] if content else [])
+        return ir.Message("system", _parse_system_blocks(content, f"{path}.content"))
     if isinstance(content, str):
         return ir.Message(role, [ir.TextPart(content)] if content else [])
     if not isinstance(content, list):
@@ -201,16 +207,20 @@ def _parse_system(value: Any) -> list[ir.TextPart]:
         return []
     if isinstance(value, str):
         return [ir.TextPart(value)] if value else []
+    return _parse_system_blocks(value, "system")
+
+
+def _parse_system_blocks(value: Any, path: str) -> list[ir.TextPart]:
     if not isinstance(value, list):
-        raise TranslationError("system", "must be a string or an array of text blocks")
+        raise TranslationError(path, "must be a string or an array of text blocks")
     out = []
     for i, item in enumerate(value):
-        block = _object(item, f"system[{i}]")
-        kind = _field(block, "type", f"system[{i}].type", "string", required=True)
+        block = _object(item, f"{path}[{i}]")
+        kind = _field(block, "type", f"{path}[{i}].type", "string", required=True)
         if kind != "text":
-            raise TranslationError(f"system[{i}].type", f"system blocks must be text, got {kind!r}")
-        text = _field(block, "text", f"system[{i}].text", "string", required=True)
-        out.append(ir.TextPart(text, _field(block, "cache_control", f"system[{i}].cache_control", "object")))
+            raise TranslationError(f"{path}[{i}].type", f"system blocks must be text, got {kind!r}")
+        text = _field(block, "text", f"{path}[{i}].text", "string", required=True)
+        out.append(ir.TextPart(text, _field(block, "cache_control", f"{path}[{i}].cache_control", "object")))
     return out
 
 
@@ -372,9 +382,13 @@ def _render_messages(messages: list[ir.Message], keep_thinking: bool) -> list[di
     """Claude wants alternating turns starting with user, tool results first in their turn, and
     no trailing whitespace in a final assistant prefill."""
     out: list[dict[str, Any]] = []
-    for msg in messages:
+    # System turns stay in place, except between tool calls and their results (which must follow).
+    for msg in fold_system_turns(messages, only_after_tool_calls=True):
         blocks = [b for p in msg.parts if (b := _render_part(p, keep_thinking)) is not None]
         if not blocks:
+            continue
+        if msg.role == "system":  # in place, as Claude Code sends them; never merged with a turn
+            out.append({"role": "system", "content": blocks})
             continue
         if out and out[-1]["role"] == msg.role:
             out[-1]["content"].extend(blocks)

@@ -62,6 +62,7 @@ from translators.ir import (
 )
 from translators.schema_clean import clean_schema
 from translators.sse import SseParser, dumps
+from translators.turns import fold_system_turns
 
 ORIGIN = "gemini"
 # Google's documented placeholder for function calls whose real signature does not exist.
@@ -519,7 +520,8 @@ def _result_object(text: str, is_error: bool) -> dict[str, Any]:
 def _render_contents(req: Request) -> list[dict[str, Any]]:
     names = {p.id: p.name for m in req.messages for p in m.parts if isinstance(p, ToolCallPart)}
     contents: list[dict[str, Any]] = []
-    for i, msg in enumerate(req.messages):
+    # Gemini has no system role inside `contents`: system turns are folded into a user turn.
+    for i, msg in enumerate(fold_system_turns(req.messages)):
         parts: list[dict[str, Any]] = []
         for j, part in enumerate(msg.parts):
             where = f"messages[{i}].parts[{j}]"

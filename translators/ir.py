@@ -64,13 +64,17 @@ class ThinkingPart:
 
 Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ThinkingPart
 
-Role = Literal["user", "assistant"]
+# "system": a system/developer message inside the conversation (Claude Code's `role: "system"`
+# messages, OpenAI `system`/`developer` messages after the first turn, Responses `developer` items),
+# kept where the client put it. Only TextParts. Leading system text is Request.system instead.
+Role = Literal["user", "assistant", "system"]
 
 
 @dataclass(slots=True)
 class Message:
     """A turn. Tool results travel as ToolResultPart in a user turn (Claude's model);
-    OpenAI `tool` messages and Gemini `functionResponse` parts map onto that."""
+    OpenAI `tool` messages and Gemini `functionResponse` parts map onto that. Upstreams without an
+    in-conversation system role get system turns folded into a user turn (translators.turns)."""
 
     role: Role
     parts: list[Part]

@@ -21,6 +21,7 @@ from translators.base import TranslationError
 from translators.eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
 from translators.thinking import effort_to_budget
 from translators.tokens import estimate_text_tokens
+from translators.turns import fold_system_turns
 
 # Client model name -> Kiro modelId (upstreams.md 2.6). Config replaces/extends it via
 # KiroOptions.model_map; a name that already is a Kiro id (a value of the map) passes through.
@@ -151,7 +152,8 @@ def _image(part: ir.ImagePart, where: str) -> dict[str, Any]:
 def _turns(req: ir.Request) -> list[_Turn]:
     """IR messages -> turns with adjacent same-role messages merged (2.5 rule 1)."""
     turns: list[_Turn] = []
-    for i, msg in enumerate(req.messages):
+    # Kiro has no system role inside the history: system turns are folded into a user turn.
+    for i, msg in enumerate(fold_system_turns(req.messages)):
         if msg.role not in ("user", "assistant"):
             raise TranslationError(f"messages[{i}].role", f"unknown role {msg.role!r}")
         if not turns or turns[-1].role != msg.role:

@@ -19,6 +19,7 @@ from translators.errors import extract_message, openai_error
 from translators.signatures import decode_tool_call_id, encode_tool_call_id
 from translators.sse import SseParser, data_event, dumps
 from translators.thinking import budget_to_effort
+from translators.turns import fold_system_turns
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers (also used by translators.openai_responses)
@@ -363,10 +364,15 @@ def _messages(raw: Any) -> tuple[list[ir.TextPart], list[ir.Message]]:
         check_object(m, f)
         role = m.get("role")
         if role in ("system", "developer"):
+            texts: list[ir.TextPart] = []
             for part in _content(m.get("content"), f"{f}.content"):
                 if not isinstance(part, ir.TextPart):
                     raise TranslationError(f"{f}.content", "system messages take text only")
-                system.append(part)
+                texts.append(part)
+            if messages:  # after the conversation began: kept in place
+                messages.append(ir.Message("system", texts))
+            else:
+                system.extend(texts)
         elif role == "user":
             append_message(messages, "user", list(_content(m.get("content"), f"{f}.content")), merge=False)
         elif role == "assistant":
@@ -832,7 +838,8 @@ class OpenAIChatCodec:
                 messages.append({"role": "system", "content": [_render_part(p) for p in req.system]})
             else:
                 messages.append({"role": "system", "content": "\n\n".join(p.text for p in req.system)})
-        for msg in req.messages:
+        # System turns inside the conversation are folded into the user turn next to them (see above).
+        for msg in fold_system_turns(req.messages):
             if msg.role == "user":
                 messages.extend(render_user(msg))
             else:

@@ -32,6 +32,10 @@ def request_messages(req: ir.Request) -> list[dict[str, Any]]:
     for msg in req.messages:
         if msg.role == "user":
             out.extend(render_user(msg, cache=False))
+        elif msg.role == "system":  # a system message inside the conversation, where it was
+            out.append(
+                {"role": "system", "content": "\n\n".join(p.text for p in msg.parts if isinstance(p, ir.TextPart))}
+            )
         else:
             out.append(assistant_message(msg.parts))
     return out

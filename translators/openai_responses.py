@@ -148,10 +148,15 @@ def _input(items: list[Any], system: list[ir.TextPart]) -> list[ir.Message]:
             role = item.get("role")
             parts = _parts(item.get("content"), f"{f}.content")
             if role in ("system", "developer"):
+                texts: list[ir.TextPart] = []
                 for part in parts:
                     if not isinstance(part, ir.TextPart):
                         raise TranslationError(f"{f}.content", f"{role} messages take text only")
-                    system.append(part)
+                    texts.append(part)
+                if messages:  # after the conversation began: kept in place
+                    messages.append(ir.Message("system", texts))
+                else:
+                    system.extend(texts)
             elif role in ("user", "assistant"):
                 append_message(messages, role, list(parts), merge=role == "assistant")
             else:
@@ -252,12 +257,13 @@ def _render_input(messages: list[ir.Message], custom: set[str]) -> list[dict[str
         parts = sorted(msg.parts, key=lambda p: not isinstance(p, ir.ToolResultPart))
         for part in [*parts, None]:
             if isinstance(part, (ir.TextPart, ir.ImagePart)):
-                if msg.role == "user" or isinstance(part, ir.TextPart):
+                if msg.role != "assistant" or isinstance(part, ir.TextPart):
                     run.append(part)
                 continue
             if run:
-                text_type = "input_text" if msg.role == "user" else "output_text"
-                items.append({"type": "message", "role": msg.role, "content": _render_parts(run, text_type)})
+                text_type = "output_text" if msg.role == "assistant" else "input_text"
+                role = "developer" if msg.role == "system" else msg.role  # system turns stay in place
+                items.append({"type": "message", "role": role, "content": _render_parts(run, text_type)})
                 run = []
             if isinstance(part, ir.ToolCallPart):
                 names[part.id] = part.name
