@@ -54,6 +54,9 @@ class Route:
     gemini_mode: str = "sse"  # Gemini client streams: "sse" (?alt=sse) or "json" (array)
     path_model: str | None = None  # model named in a Gemini path or /v1/models/{id}
     claude_shape: bool = False  # /v1/models asked by a Claude client
+    # The client's query parameters, for the few an upstream of the same dialect must see again
+    # (Claude Code's `?beta=true`); see ProviderAdapter.forwarded_query.
+    query: dict[str, str] = field(default_factory=dict)
     # Set by addons that change the IR (system prompt): the client's body can no longer be sent
     # as it is, even to an upstream of the same dialect.
     ir_modified: bool = False

@@ -178,6 +178,7 @@ class Router:
         except TranslationError as e:
             return replies.error_response(dialect, e.status, str(e), code="invalid_request_error")
         route.body = body
+        route.query = dict(req.query.items(multi=False)) if req.query else {}
         route.request = ir_request
         route.stream = ir_request.stream
         route.model = ir_request.model

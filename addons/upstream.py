@@ -37,10 +37,11 @@ from auth.rate_limit import request_limits
 from core.config import Provider
 from core.http1 import Http1Client, HttpError, StreamResponse
 from providers import ADAPTERS, ProviderAdapter, UpstreamRequest, upstream_dialect
-from providers.base import UpstreamFailure
+from providers.base import UpstreamFailure, forward_query
 from translators import errors, get_codec, ir
 from translators.accumulate import ResponseAccumulator
 from translators.base import EncoderOptions, StreamDecoder, TranslationError
+from translators.thinking import limit_body_effort
 
 logger = logging.getLogger(__name__)
 
@@ -352,11 +353,13 @@ class Upstream:
             body = dict(route.body or {})
             if "model" in body or dialect != "gemini":
                 body["model"] = model
-            return body
+            ceiling = self.gateway.config.providers[adapter.id].max_reasoning_effort
+            return limit_body_effort(dialect, body, ceiling)
         return adapter.render(self.gateway.config.providers[adapter.id], route.request, model)
 
     def _build(self, client_headers, route: Route, exchange: Exchange, auth: AuthContext) -> UpstreamRequest:
-        return exchange.adapter.build(
+        adapter = exchange.adapter
+        up = adapter.build(
             exchange.config,
             auth,
             exchange.body,
@@ -365,6 +368,9 @@ class Upstream:
             stream=route.stream,
             client_headers=client_headers,
         )
+        if route.query and adapter.forwarded_query and adapter.dialect == route.dialect:
+            up.url = forward_query(up.url, route.query, adapter.forwarded_query)
+        return up
 
     @staticmethod
     def _classify(exchange: Exchange, status: int, body: bytes, headers) -> UpstreamFailure:

@@ -144,6 +144,9 @@ class Provider(_Strict):
     requests_per_day: Annotated[int, Field(gt=0)] | None = None
     # Provider-specific opt-in switches; each provider validates its own (see README).
     options: dict[str, Any] = Field(default_factory=dict)
+    # Highest reasoning effort the upstream accepts; higher client efforts (and budgets) are clamped
+    # to it. Unset: the default of the provider's dialect (OpenAI: high; Claude, Gemini, Kiro: max).
+    max_reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
 
 
 class ModelRoute(_Strict):

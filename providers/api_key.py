@@ -40,6 +40,7 @@ class _ApiKeyAdapter:
     default_models: tuple[str, ...] = ()
     accepts_image_urls = True
     wraps_responses = False
+    forwarded_query: frozenset[str] = frozenset()
     path = ""
 
     def credential(
@@ -51,7 +52,7 @@ class _ApiKeyAdapter:
         return classify_http_error(status, extract_message(body), headers)
 
     def render(self, provider: Provider, request: ir.Request, model: str) -> dict[str, Any]:
-        return render_with_codec(self.dialect, request, model)
+        return render_with_codec(self.dialect, request, model, provider)
 
     def build(
         self,
@@ -97,6 +98,7 @@ class ClaudeCustom(_ApiKeyAdapter):
     default_base_url = "https://api.anthropic.com"
     default_models = ("claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5")
     anthropic_version = "2023-06-01"
+    forwarded_query = frozenset({"beta"})
 
     def url(self, base: str) -> str:
         # Accept a base URL with or without /v1 (a peer breaks on exactly this).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from auth.credentials import AuthContext, Credential
 from core.config import Account, Provider
 from translators import get_codec, ir
 from translators.base import StreamDecoder
+from translators.thinking import limit_reasoning
 
 
 @dataclass(slots=True)
@@ -43,6 +45,9 @@ class ProviderAdapter(Protocol):
     # Answers come in an envelope (Code Assist's {"response": ...}): a client of the same dialect
     # must still get them through the codec, never relayed as they are.
     wraps_responses: bool
+    # Query parameters of a client of the same dialect sent on to the upstream (claude-custom:
+    # Claude Code's `?beta=true`, which switches Anthropic to the beta Messages surface).
+    forwarded_query: frozenset[str]
 
     def credential(self, provider: Provider, account: Account, *, label: str, state_dir: Path | None) -> Credential:
         """The account's credential; raises auth.credentials.CredentialError saying why it is unusable.
@@ -93,6 +98,15 @@ class UpstreamFailure:
     all_models: bool = False
 
 
+def forward_query(url: str, client_query: Mapping[str, str], names: frozenset[str]) -> str:
+    """The upstream URL with the client's parameters among `names` added (never credentials:
+    callers name only harmless switches)."""
+    kept = [(k, v) for k, v in client_query.items() if k in names]
+    if not kept:
+        return url
+    return url + ("&" if "?" in url else "?") + urllib.parse.urlencode(kept)
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """`Retry-After` in seconds (the HTTP-date form is rare for APIs and read as unknown)."""
     if not value:
@@ -128,6 +142,10 @@ def upstream_dialect(adapter: ProviderAdapter, model: str) -> str:
     return dialect_for(model) if dialect_for is not None else adapter.dialect
 
 
-def render_with_codec(dialect: str, request: ir.Request, model: str) -> dict[str, Any]:
-    """render() of every adapter whose upstream speaks a client dialect."""
-    return get_codec(dialect).render_request(request, model)
+def render_with_codec(
+    dialect: str, request: ir.Request, model: str, provider: Provider | None = None
+) -> dict[str, Any]:
+    """render() of every adapter whose upstream speaks a client dialect, with the reasoning effort
+    clamped to what the upstream takes."""
+    ceiling = provider.max_reasoning_effort if provider is not None else None
+    return get_codec(dialect).render_request(limit_reasoning(request, dialect, ceiling), model)

@@ -144,6 +144,7 @@ class GeminiCli:
     accepts_image_urls = False
     # Answers come wrapped in {"response": ...}: a Gemini client must not get them relayed as they are.
     wraps_responses = True
+    forwarded_query: frozenset[str] = frozenset()
 
     def credential(
         self, provider: Provider, account: Account, *, label: str | None = None, state_dir: Path | None = None
@@ -185,7 +186,7 @@ class GeminiCli:
         )
 
     def render(self, provider: Provider, request: ir.Request, model: str) -> dict[str, Any]:
-        return render_with_codec(self.dialect, request, model)
+        return render_with_codec(self.dialect, request, model, provider)
 
     def build(
         self,

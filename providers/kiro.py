@@ -37,6 +37,7 @@ from translators.kiro import (
     render_request,
     thinking_requested,
 )
+from translators.thinking import limit_reasoning
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class Kiro:
     )
     accepts_image_urls = False
     wraps_responses = False
+    forwarded_query: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         # Tool sets already reported: Claude Code sends web_search with every request, and one
@@ -175,6 +177,7 @@ class Kiro:
         except ValueError as e:
             raise TranslationError("", f"claude-kiro-oauth is misconfigured: {e}", status=500) from None
         conversation = str(uuid.uuid4())
+        request = limit_reasoning(request, "kiro", provider.max_reasoning_effort)
         kiro = render_request(request, model, profile_arn=None, conversation_id=conversation, options=settings.render)
         if kiro.dropped_tools:
             self._log_dropped(kiro.dropped_tools)

@@ -123,6 +123,7 @@ class Qwen:
     # Not known whether the portal fetches remote image URLs: the gateway inlines them.
     accepts_image_urls = False
     wraps_responses = False
+    forwarded_query: frozenset[str] = frozenset()
 
     def options(self, provider: Provider) -> QwenOptions:
         return QwenOptions.parse(provider.options)
@@ -157,7 +158,7 @@ class Qwen:
         return resource_base_url(resource) if resource else self.default_base_url
 
     def render(self, provider: Provider, request: ir.Request, model: str) -> dict[str, Any]:
-        return render_with_codec(self.dialect, request, model)
+        return render_with_codec(self.dialect, request, model, provider)
 
     def build(
         self,
