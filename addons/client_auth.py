@@ -173,8 +173,8 @@ class ClientAuth:
         req = flow.request
         presented = self._take_key(req)
         path = strip_provider_prefix(req.path.partition("?")[0])
-        if req.method == "OPTIONS" or path in _OPEN_PATHS:
-            return
+        if req.method == "OPTIONS" or path in _OPEN_PATHS or (path == "/" and req.method in ("GET", "HEAD")):
+            return  # Claude Code probes HEAD / without a key at start
         if presented is not None:
             candidate = presented.encode()
             key = self.gateway.keyring.match(candidate)

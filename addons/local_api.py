@@ -41,6 +41,9 @@ class LocalApi:
     def _op_preflight(self, route: Route) -> http.Response:
         return http.Response.make(204, b"", replies.CORS_HEADERS)
 
+    def _op_root(self, route: Route) -> http.Response:
+        return http.Response.make(200, b"", replies.CORS_HEADERS)
+
     def _op_health(self, route: Route) -> http.Response:
         config = self.gateway.config
         return replies.json_response(

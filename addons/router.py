@@ -6,6 +6,7 @@ Provider order: path prefix `/<provider-id>/...`, then the `Model-Provider` head
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
@@ -54,6 +55,19 @@ _STATIC: dict[str, Endpoint] = {
     # Claude Code posts telemetry here; accepting it keeps its logs quiet.
     "/api/event_logging/batch": Endpoint("claude", "telemetry", "POST"),
 }
+
+
+# `provider:model` only splits on a known provider id; other colons belong to the model name
+# (`gpt-oss:20b`, `qwen3:8b`: Ollama tags). A prefix shaped like a provider id (`-custom`, `-oauth`,
+# `-provider`) or one typo away from a known one is a mistaken provider, answered 400, never sent
+# to the default provider as a model name.
+_PROVIDER_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*-(?:custom|oauth|provider)")
+
+
+def looks_like_provider_id(prefix: str) -> bool:
+    return bool(_PROVIDER_SHAPE.fullmatch(prefix)) or bool(
+        difflib.get_close_matches(prefix, PROVIDER_IDS, n=1, cutoff=0.8)
+    )
 
 
 def strip_provider_prefix(path: str) -> str:
@@ -140,6 +154,9 @@ class Router:
         if req.method == "OPTIONS":
             flow.metadata[ROUTE] = Route(dialect_for_path(path), "preflight")
             return None
+        if path == "/" and req.method in ("GET", "HEAD"):  # reachability probes (Claude Code: HEAD /)
+            flow.metadata[ROUTE] = Route("openai_chat", "root")
+            return None
         endpoint = classify(req.method, path, req.query.get("alt"))
         dialect = endpoint.dialect if endpoint else dialect_for_path(path)
         if endpoint is None:
@@ -202,13 +219,15 @@ class Router:
         upstream_model = model
         alias = config.models.get(model)
         head, sep, tail = model.partition(":")
+        listed = ", ".join(configured) or "none"
         if alias is not None and provider in (None, alias.provider):
             provider, upstream_model = alias.provider, alias.model
         elif sep and head in PROVIDER_IDS and tail and provider in (None, head):
             provider, upstream_model = head, tail
+        elif sep and tail and provider is None and looks_like_provider_id(head):
+            return f"unknown provider {head!r} in model {model!r} (configured providers: {listed})"
         if provider is None:
             provider = config.default_provider
-        listed = ", ".join(configured) or "none"
         if provider is None:
             return f"no provider for model {model!r}: set default_provider or a models alias (configured: {listed})"
         if provider not in configured:

@@ -21,7 +21,12 @@ from core.config import parse_config
         ("POST", "/v1/responses", None, ("openai_responses", "generate", None, None)),
         ("POST", "/v1/messages", None, ("claude", "generate", None, None)),
         ("POST", "/v1/messages/count_tokens", None, ("claude", "count_tokens", None, None)),
-        ("POST", "/v1beta/models/gemini-2.5-pro:generateContent", None, ("gemini", "generate", False, "gemini-2.5-pro")),  # noqa: E501
+        (
+            "POST",
+            "/v1beta/models/gemini-2.5-pro:generateContent",
+            None,
+            ("gemini", "generate", False, "gemini-2.5-pro"),
+        ),
         ("POST", "/v1beta/models/g:streamGenerateContent", "sse", ("gemini", "generate", True, "g")),
         ("POST", "/v1/models/g:countTokens", None, ("gemini", "count_tokens", False, "g")),
         ("GET", "/v1/models", None, ("openai_chat", "models", None, None)),
@@ -86,6 +91,8 @@ def chat(model: str) -> dict:
         ("/v1/chat/completions", {"model-provider": "openai-custom"}, "fast", "openai-custom", "fast"),
         ("/v1/chat/completions", {}, "claude-custom:x", "claude-custom", "x"),
         ("/v1/chat/completions", {}, "llama3:8b", "openai-custom", "llama3:8b"),
+        ("/v1/chat/completions", {}, "gpt-oss:20b", "openai-custom", "gpt-oss:20b"),
+        ("/v1/chat/completions", {}, "qwen2.5-coder:7b-instruct", "openai-custom", "qwen2.5-coder:7b-instruct"),
         ("/v1/chat/completions", {}, "anything", "openai-custom", "anything"),
     ],
 )
@@ -132,3 +139,33 @@ def test_unanswered_flow_fails_closed_in_dialect():
         addon.request(flow)
     assert flow.response.status_code == 404
     assert json.loads(flow.response.content)["type"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("model", "unknown"),
+    [("nope-provider:gpt-4o", "nope-provider"), ("openai-costum:gpt-4o", "openai-costum"), ("my-oauth:m", "my-oauth")],
+)
+def test_unknown_provider_prefix_is_refused_naming_the_configured_ones(model, unknown):
+    flow = route_of("/v1/chat/completions", chat(model))
+    assert flow.response.status_code == 400
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert f"unknown provider {unknown!r}" in message
+    assert "configured providers: openai-custom, claude-custom" in message
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_root_is_a_local_probe(method):
+    flow = tflow.tflow()
+    flow.request = http.Request.make(method, "http://127.0.0.1:1/")
+    router = Router(Gateway(parse_config(CONFIG)))
+    with taddons.context(router):
+        router.request(flow)
+    assert flow.response is None
+    assert flow.metadata[ROUTE].operation == "root"
+
+
+def test_claude_query_is_kept_on_the_route():
+    flow = route_of(
+        "/v1/messages?beta=true", {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert flow.metadata[ROUTE].query == {"beta": "true"}
