@@ -5,6 +5,7 @@ from __future__ import annotations
 from addons.client_auth import ClientAuth
 from addons.config_loader import ConfigLoader
 from addons.context import Gateway
+from addons.demo import Demo
 from addons.flow_inspect import Inspect
 from addons.google_api import RemoteCountTokens
 from addons.key_policy import KeyPolicy
@@ -38,6 +39,8 @@ def chain() -> list[object]:
         RemoteCountTokens(gateway),
         LocalApi(gateway),
         Pools(gateway),
+        # After Pools: the demo is on when none of their accounts is usable.
+        Demo(gateway),
         Upstream(gateway),
         PromptLog(gateway),
         Usage(gateway),

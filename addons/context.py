@@ -37,6 +37,9 @@ class Gateway:
     pools: dict[str, AccountPool] = field(default_factory=dict)
     # provider id -> models its upstream listed at start (adapters with `models_request`)
     discovered_models: dict[str, list[str]] = field(default_factory=dict)
+    # The built-in demo provider (addons/demo.py): "implicit" when no provider has a usable account
+    # (every request is served canned), "explicit" with default_provider: demo, else None.
+    demo: str | None = None
 
 
 @dataclass(slots=True)

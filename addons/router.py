@@ -226,6 +226,8 @@ class Router:
             provider, upstream_model = head, tail
         elif sep and tail and provider is None and looks_like_provider_id(head):
             return f"unknown provider {head!r} in model {model!r} (configured providers: {listed})"
+        if self.gateway.demo == "implicit":  # nothing real can answer: canned answers for all
+            provider = "demo"
         if provider is None:
             provider = config.default_provider
         if provider is None:

@@ -40,6 +40,8 @@ ProviderId = Literal[
     "openaiResponses-custom",
     "gemini-custom",
     "vertex-ai",
+    # Built in: canned answers when no provider has a usable account (addons/demo.py).
+    "demo",
 ]
 PROVIDER_IDS: tuple[str, ...] = ProviderId.__args__  # type: ignore[attr-defined]
 
@@ -371,7 +373,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _default_provider_configured(self) -> Config:
-        if self.default_provider is not None and self.default_provider not in self.providers:
+        if self.default_provider not in (None, "demo") and self.default_provider not in self.providers:
             raise ValueError(
                 f"default_provider: {self.default_provider!r} is not under providers "
                 f"(configured: {', '.join(self.providers) or 'none'})"

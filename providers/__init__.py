@@ -5,7 +5,7 @@ Each adapter knows its upstream's dialect, URL, auth headers and default models;
 
 from __future__ import annotations
 
-from providers.api_key import ClaudeCustom, OpenAICustom, OpenAIResponsesCustom
+from providers.api_key import ClaudeCustom, Demo, OpenAICustom, OpenAIResponsesCustom
 from providers.base import ProviderAdapter, UpstreamRequest, upstream_dialect
 from providers.codex import Codex
 from providers.gemini_cli import GeminiCli
@@ -20,5 +20,6 @@ ADAPTERS[GeminiCli.id] = GeminiCli()
 ADAPTERS[Codex.id] = Codex()
 ADAPTERS[GeminiCustom.id] = GeminiCustom()
 ADAPTERS[VertexAI.id] = VertexAI()
+ADAPTERS[Demo.id] = Demo()
 
 __all__ = ["ADAPTERS", "ProviderAdapter", "UpstreamRequest", "upstream_dialect"]

@@ -92,6 +92,20 @@ class OpenAIResponsesCustom(_ApiKeyAdapter):
     path = "/responses"
 
 
+class Demo(OpenAICustom):
+    """The built-in demo upstream (addons/demo.py): canned OpenAI Chat answers from a loopback
+    server the gateway runs itself; `default_base_url` is set when that server is bound."""
+
+    id = "demo"
+    default_base_url = "http://127.0.0.1:9/v1"
+    default_models = ("demo",)
+
+    def credential(
+        self, provider: Provider, account: Account, *, label: str = "", state_dir: Path | None = None
+    ) -> Credential:
+        return StaticKey("demo")
+
+
 class ClaudeCustom(_ApiKeyAdapter):
     id = "claude-custom"
     dialect = "claude"
