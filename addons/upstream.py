@@ -503,6 +503,8 @@ class Upstream:
                 return http.Response.make(200, body, self._stream_headers(route))
         else:
             exchange.response = get_codec(exchange.dialect).parse_response(json.loads(content))
+            if up.response_filter is not None:
+                exchange.response = up.response_filter(exchange.response)
         codec = get_codec(route.dialect)
         if route.dialect == "openai_responses":
             # Only the request knows which tools were freeform (custom) ones: their calls go back

@@ -10,7 +10,8 @@ from typing import Any
 from auth.credentials import AuthContext, Credential, StaticKey
 from core.config import Account, Provider
 from providers.base import UpstreamFailure, UpstreamRequest, classify_http_error, render_with_codec
-from translators import ir
+from translators import get_codec, ir
+from translators.claude import STRUCTURED_TOOL, StructuredOutputDecoder, structured_output, structured_response
 from translators.errors import extract_message
 
 
@@ -113,6 +114,28 @@ class ClaudeCustom(_ApiKeyAdapter):
     default_models = ("claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5")
     anthropic_version = "2023-06-01"
     forwarded_query = frozenset({"beta"})
+
+    def build(
+        self,
+        provider: Provider,
+        auth: AuthContext,
+        body: dict[str, Any],
+        *,
+        request: ir.Request,
+        model: str,
+        stream: bool,
+        client_headers: Mapping[str, str],
+    ) -> UpstreamRequest:
+        up = super().build(
+            provider, auth, body, request=request, model=model, stream=stream, client_headers=client_headers
+        )
+        choice = body.get("tool_choice")
+        structured = structured_output(request.response_format) if request is not None else None
+        if structured is not None and isinstance(choice, dict) and choice.get("name") == STRUCTURED_TOOL:
+            wrapped = structured[1]
+            up.decoder = lambda: StructuredOutputDecoder(get_codec("claude").decoder(), wrapped)
+            up.response_filter = lambda resp: structured_response(resp, wrapped)
+        return up
 
     def url(self, base: str) -> str:
         # Accept a base URL with or without /v1 (a peer breaks on exactly this).

@@ -26,6 +26,8 @@ class UpstreamRequest:
     decoder: Callable[[], StreamDecoder] | None = None
     # Tool names the adapter shortened for the upstream: upstream name -> client name.
     tool_name_map: dict[str, str] | None = None
+    # Applied to a unary answer after parsing (Claude structured output: forced tool -> JSON text).
+    response_filter: Callable[[ir.Response], ir.Response] | None = None
 
 
 class ProviderAdapter(Protocol):

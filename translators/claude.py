@@ -452,6 +452,87 @@ def _render_tool_choice(req: ir.Request) -> dict[str, Any] | None:
     return out
 
 
+# Structured output on Claude: a forced tool whose input is the answer (works with every Claude
+# model, unlike the beta output_format); the answer's tool call comes back to the client as text.
+STRUCTURED_TOOL = "structured_output"
+
+
+def structured_output(rf: ir.ResponseFormat | None) -> tuple[dict[str, Any], bool] | None:
+    """(the forced tool, whether the schema was wrapped) for a JSON response format, else None.
+    Claude's input_schema must be an object: other roots are wrapped in {"value": ...}."""
+    if rf is None or rf.type == "text":
+        return None
+    schema = rf.schema if rf.type == "json_schema" and rf.schema else {"type": "object"}
+    wrapped = schema.get("type") != "object"
+    if wrapped:
+        schema = {"type": "object", "properties": {"value": schema}, "required": ["value"]}
+    description = "Give the final answer by calling this tool; its input is the JSON the user asked for."
+    return {"name": STRUCTURED_TOOL, "description": description, "input_schema": schema}, wrapped
+
+
+def _structured_text(arguments: dict[str, Any], wrapped: bool) -> str:
+    return json.dumps(arguments.get("value") if wrapped else arguments, ensure_ascii=False)
+
+
+def structured_response(resp: ir.Response, wrapped: bool) -> ir.Response:
+    """A unary answer with the structured-output tool call turned back into the JSON text."""
+    parts: list[ir.Part] = []
+    found = False
+    for part in resp.parts:
+        if isinstance(part, ir.ToolCallPart) and part.name == STRUCTURED_TOOL:
+            parts.append(ir.TextPart(_structured_text(part.arguments, wrapped)))
+            found = True
+        else:
+            parts.append(part)
+    if not found:
+        return resp
+    finish = ir.FinishReason.STOP if resp.finish_reason == ir.FinishReason.TOOL_CALLS else resp.finish_reason
+    return ir.Response(resp.id, resp.model, parts, finish, resp.usage, resp.stop_sequence)
+
+
+class StructuredOutputDecoder:
+    """Wraps a Claude stream decoder: the structured-output tool call becomes one text delta (its
+    arguments are collected until the call ends, so a wrapped value can be unwrapped)."""
+
+    __slots__ = ("_args", "_index", "inner", "wrapped")
+
+    def __init__(self, inner: Any, wrapped: bool) -> None:
+        self.inner = inner
+        self.wrapped = wrapped
+        self._index: int | None = None
+        self._args: list[str] = []
+
+    def feed(self, data: bytes) -> list[ir.Event]:
+        return self._filter(self.inner.feed(data))
+
+    def close(self) -> list[ir.Event]:
+        return self._filter(self.inner.close())
+
+    def _filter(self, events: list[ir.Event]) -> list[ir.Event]:
+        out: list[ir.Event] = []
+        for ev in events:
+            kind = type(ev)
+            if kind is ir.ToolCallStart and ev.name == STRUCTURED_TOOL:
+                self._index = ev.index
+                continue
+            if kind is ir.ToolCallArgsDelta and ev.index == self._index:
+                self._args.append(ev.delta)
+                continue
+            if kind is ir.ToolCallEnd and ev.index == self._index:
+                try:
+                    arguments = json.loads("".join(self._args) or "{}")
+                except ValueError:
+                    arguments = {"value": "".join(self._args)} if self.wrapped else {}
+                out.append(
+                    ir.TextDelta(_structured_text(arguments if isinstance(arguments, dict) else {}, self.wrapped))
+                )
+                continue
+            if kind is ir.Finish and ev.reason == ir.FinishReason.TOOL_CALLS and self._index is not None:
+                ev = ir.Finish(ir.FinishReason.STOP, ev.stop_sequence)
+            out.append(ev)
+        return out
+
+
 def _thinking_budget(r: ir.Reasoning | None) -> int | None:
     """Thinking tokens the client asked for; None when thinking is off or the effort is unknown."""
     if r is None:
@@ -489,8 +570,8 @@ def render_request(req: ir.Request, model: str) -> dict[str, Any]:
     (Claude requires it: DEFAULT_MAX_TOKENS when absent, raised to fit a thinking budget), and drops
     what Claude would reject: sampling settings thinking forbids, thinking with a forced tool choice
     or in a tool loop begun by another model, thinking blocks while thinking is off, foreign
-    signatures, other providers' built-in tools. Fields Claude lacks (seed, penalties,
-    response_format) and tool `strict` (older models reject it) are not sent."""
+    signatures, other providers' built-in tools. Fields Claude lacks (seed, penalties) and tool
+    `strict` (older models reject it) are not sent; a JSON response_format becomes a forced tool."""
     extras = dict(req.extras.get("claude", {}))
     adaptive = extras.pop("thinking", None)
     metadata = extras.pop("metadata", None)
@@ -498,6 +579,10 @@ def render_request(req: ir.Request, model: str) -> dict[str, Any]:
 
     tools = [t for t in map(_render_tool, req.tools) if t is not None]
     tool_choice = _render_tool_choice(req) if tools else None
+    structured = structured_output(req.response_format)
+    if structured is not None:
+        tools.append(structured[0])
+        tool_choice = {"type": "tool", "name": STRUCTURED_TOOL}
     forced_tool = tool_choice is not None and tool_choice["type"] in ("any", "tool")
     budget = None if forced_tool else _thinking_budget(req.reasoning)
     messages = _render_messages(req.messages, budget is not None)

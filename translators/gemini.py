@@ -60,7 +60,7 @@ from translators.ir import (
     Usage,
     UsageUpdate,
 )
-from translators.schema_clean import clean_schema
+from translators.schema_clean import clean_schema, gemini_to_json_schema
 from translators.sse import SseParser, dumps
 from translators.turns import fold_system_turns
 
@@ -428,7 +428,9 @@ def _parse_generation(config: Any, req: Request, extras: dict[str, Any]) -> None
         elif key in ("responseSchema", "responseJsonSchema"):
             if not isinstance(value, dict):
                 raise TranslationError(where, "must be an object")
-            schema = _lower_types(value) if key == "responseSchema" else value
+            # Both carry Gemini's Schema form in practice (Gemini CLI: "type": "OBJECT" in
+            # responseJsonSchema); the IR holds plain JSON Schema.
+            schema = gemini_to_json_schema(value)
         elif key == "thinkingConfig":
             req.reasoning = _parse_thinking(value)
         else:

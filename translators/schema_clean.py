@@ -322,3 +322,61 @@ def _is_num(v: Any) -> bool:
 
 def _show(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemini `Schema` (structured output, OpenAPI subset) -> JSON Schema, for every other upstream.
+#
+# Gemini clients send `responseSchema` in Gemini's own Schema form and, in practice, the same form in
+# `responseJsonSchema` (Gemini CLI 0.61: `"type": "OBJECT"`). OpenAI refuses uppercase types and
+# Gemini-only keywords; JSON Schema has no `nullable` or `propertyOrdering`. The walk treats only
+# values under `properties`/`$defs` as named schemas, like clean_schema.
+
+_SCHEMA_CHILD = ("items", "additionalProperties", "not", "contains", "propertyNames")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+# Gemini serialises int64 fields as JSON strings ("minItems": "1").
+_INT_KEYWORDS = frozenset({"minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties"})
+_GEMINI_ONLY = frozenset({"propertyOrdering", "nullable"})
+
+
+def gemini_to_json_schema(schema: Any) -> Any:
+    """A new JSON Schema: types lowercased, `nullable: true` -> a `"null"` type, `propertyOrdering`
+    applied to the order of `properties` and dropped, int64 strings -> integers. Never mutates;
+    already-standard JSON Schema comes back equal."""
+    if isinstance(schema, list):
+        return [gemini_to_json_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _GEMINI_ONLY:
+            continue
+        if key == "type":
+            if isinstance(value, str):
+                value = value.lower()
+            elif isinstance(value, list):
+                value = [v.lower() if isinstance(v, str) else v for v in value]
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            value = {name: gemini_to_json_schema(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_CHILD or key in _SCHEMA_LISTS:
+            value = gemini_to_json_schema(value)
+        elif key in _INT_KEYWORDS and isinstance(value, str) and value.isdigit():
+            value = int(value)
+        out[key] = value
+    order = schema.get("propertyOrdering")
+    if isinstance(order, list) and isinstance(out.get("properties"), dict):
+        props = out["properties"]
+        ranked = [n for n in order if n in props] + [n for n in props if n not in order]
+        out["properties"] = {n: props[n] for n in ranked}
+    if schema.get("nullable") is True:
+        kind = out.get("type")
+        if isinstance(kind, str) and kind != "null":
+            out["type"] = [kind, "null"]
+        elif isinstance(kind, list) and "null" not in kind:
+            out["type"] = [*kind, "null"]
+        elif kind is None:
+            out = {"anyOf": [out, {"type": "null"}]}
+        if isinstance(out.get("enum"), list) and None not in out["enum"]:
+            out["enum"] = [*out["enum"], None]
+    return out

@@ -5,11 +5,14 @@ prefixes, the key-less HEAD / probe."""
 from __future__ import annotations
 
 import copy
+import json
 
 import anthropic
 import httpx2
 import openai
 import pytest
+from google import genai
+from google.genai import types
 
 from tests.conftest import CLIENT_KEY
 from tests.drivers import MODEL
@@ -123,3 +126,38 @@ def test_root_answers_200_without_a_key(gateway, method):
     r = httpx2.request(method, gateway.url + "/", timeout=10)
     assert r.status_code == 200
     assert r.content == b""
+
+
+GEMINI_CLI_SCHEMA = {
+    "type": "OBJECT",
+    "properties": {"city": {"type": "STRING"}, "why": {"type": "STRING", "nullable": True}},
+    "required": ["city"],
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize("provider", ["openai-custom", "claude-custom", "openaiResponses-custom"])
+def test_gemini_cli_response_json_schema_reaches_every_upstream(gateway, fakes, provider, stream):
+    """Gemini CLI 0.61 sends responseJsonSchema with Gemini enum types; OpenAI refuses uppercase types."""
+    client = genai.Client(
+        api_key=CLIENT_KEY, http_options=types.HttpOptions(base_url=f"{gateway.url}/{provider}/", retry_options=None)
+    )
+    config = types.GenerateContentConfig(response_mime_type="application/json", response_json_schema=GEMINI_CLI_SCHEMA)
+    contents = "weather city as JSON"
+    if stream:
+        text = "".join(
+            c.text or "" for c in client.models.generate_content_stream(model=MODEL, contents=contents, config=config)
+        )
+    else:
+        text = client.models.generate_content(model=MODEL, contents=contents, config=config).text
+    if provider == "claude-custom":  # a forced tool upstream; its input comes back as the JSON text
+        assert json.loads(text) == {"city": "Paris"}
+        sent = fakes.claude.last_request.json
+        assert sent["tool_choice"] == {"type": "tool", "name": "structured_output"}
+        assert sent["tools"][-1]["input_schema"]["properties"]["why"] == {"type": ["string", "null"]}
+    elif provider == "openai-custom":
+        schema = fakes.openai.last_request.json["response_format"]["json_schema"]["schema"]
+        assert schema["type"] == "object" and schema["properties"]["city"] == {"type": "string"}
+    else:
+        schema = fakes.responses.last_request.json["text"]["format"]["schema"]
+        assert schema["type"] == "object" and schema["properties"]["city"] == {"type": "string"}

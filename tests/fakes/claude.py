@@ -380,6 +380,14 @@ class FakeClaude(FakeServer):
         body = self._body(ex.request.json)
         model, prompt = self._parse(body, counting=False)
         answer = brain.answer(prompt)
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") == "tool" and not prompt.tool_results:
+            # A forced tool is always called (with the brain's weather arguments), as Claude does.
+            answer.tool_calls, answer.text, answer.finish = (
+                [brain.ToolCall(choice["name"], {"city": "Paris"})],
+                "",
+                "tool_calls",
+            )
         stream = body.get("stream") or False
         if not stream and ex.fault is not None and ex.fault.kind == "overloaded_mid_stream":
             raise HttpError(529, "Overloaded")
