@@ -6,6 +6,7 @@ from addons.client_auth import ClientAuth
 from addons.config_loader import ConfigLoader
 from addons.context import Gateway
 from addons.demo import Demo
+from addons.dropped_tools import DroppedTools
 from addons.flow_inspect import Inspect
 from addons.google_api import RemoteCountTokens
 from addons.key_policy import KeyPolicy
@@ -44,6 +45,7 @@ def chain() -> list[object]:
         Upstream(gateway),
         PromptLog(gateway),
         Usage(gateway),
+        DroppedTools(),
         Inspect(gateway),
         Unanswered(),
         KiroView(),

@@ -21,6 +21,8 @@ CLIENT_KEY = "aiclient.client_key"  # the caller's ClientKey (policy), set by Cl
 CLIENT_KEY_NAME = "aiclient.client_key_name"  # its name: the caller's identity everywhere
 KEY_ADMITTED = "aiclient.key_admitted"  # the key's policy admitted the request (its tokens count)
 EXCHANGE = "aiclient.exchange"
+# Names of client tools the chosen upstream could not take (addons/dropped_tools.py); plain data.
+DROPPED_TOOLS = "aiclient.dropped_tools"
 
 
 @dataclass(slots=True)

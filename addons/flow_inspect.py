@@ -25,7 +25,7 @@ from typing import Any
 
 from mitmproxy import contentviews, ctx, http
 
-from addons.context import CLIENT_KEY_NAME, EXCHANGE, ROUTE, Gateway, Route
+from addons.context import CLIENT_KEY_NAME, DROPPED_TOOLS, EXCHANGE, ROUTE, Gateway, Route
 from addons.outcome import outcome_of
 from translators.sse import SseParser
 
@@ -79,6 +79,9 @@ def describe(flow: http.HTTPFlow, *, finished: bool = False) -> str:
     attempts = list(getattr(exchange, "attempts", None) or [])
     if attempts:
         text += " · attempts: " + ", ".join(attempts)
+    dropped = flow.metadata.get(DROPPED_TOOLS)
+    if dropped:
+        text += " · dropped tools: " + ", ".join(dropped)
     outcome = outcome_of(flow) if finished else None
     if outcome is not None:
         text += f" · {outcome.status} {outcome.latency_ms} ms"

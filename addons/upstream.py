@@ -41,6 +41,7 @@ from providers.base import UpstreamFailure, forward_query
 from translators import errors, get_codec, ir
 from translators.accumulate import ResponseAccumulator
 from translators.base import EncoderOptions, StreamDecoder, TranslationError
+from translators.openai_responses import tool_namespaces
 from translators.thinking import limit_body_effort
 
 logger = logging.getLogger(__name__)
@@ -509,7 +510,9 @@ class Upstream:
         if route.dialect == "openai_responses":
             # Only the request knows which tools were freeform (custom) ones: their calls go back
             # as custom_tool_call items, which Codex needs to run apply_patch.
-            client_body = codec.render_response(exchange.response, route.model, custom_tools=_custom_tools(route))
+            client_body = codec.render_response(
+                exchange.response, route.model, custom_tools=_custom_tools(route), tool_namespaces=_namespaces(route)
+            )
         else:
             client_body = codec.render_response(exchange.response, route.model)
         return replies.json_response(200, client_body)
@@ -630,6 +633,7 @@ class Upstream:
             gemini_mode=route.gemini_mode,
             tool_name_map=up.tool_name_map if up is not None else None,
             custom_tools=_custom_tools(route),
+            tool_namespaces=_namespaces(route),
         )
 
     def _transcoder(self, route: Route, exchange: Exchange) -> StreamTranscoder | StreamRelay:
@@ -680,6 +684,13 @@ def _failure_retry_after(failure: UpstreamFailure | None) -> str | None:
     if wait is None and failure.until is not None:
         wait = failure.until - time.time()
     return str(max(1, int(wait + 0.999))) if wait is not None else None
+
+
+def _namespaces(route: Route) -> dict[str, tuple[str, str]] | None:
+    """Responses clients' namespaced tools (Codex): flat name -> (namespace, name)."""
+    if route.dialect != "openai_responses" or route.request is None:
+        return None
+    return tool_namespaces(route.request.tools) or None
 
 
 def _custom_tools(route: Route) -> frozenset[str]:

@@ -34,6 +34,9 @@ class EncoderOptions:
     # Responses clients: names of their freeform (custom) tools, whose calls go back as
     # custom_tool_call items rather than function calls.
     custom_tools: frozenset[str] = frozenset()
+    # Responses clients: flat tool name -> (namespace, name) of their namespaced tools, whose calls
+    # go back with separate `namespace` and `name` fields (Codex routes calls by both).
+    tool_namespaces: dict[str, tuple[str, str]] | None = None
     # Fixed id / creation time (golden vectors); empty/0 = take the upstream's id / now.
     response_id: str = ""
     created: int = 0

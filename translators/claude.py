@@ -421,7 +421,7 @@ def _tool_loop_without_thinking(messages: list[dict[str, Any]]) -> bool:
     return uses_tools and prev[0]["type"] not in ("thinking", "redacted_thinking")
 
 
-def _render_tool(tool: ir.Tool) -> dict[str, Any] | None:
+def render_tool(tool: ir.Tool) -> dict[str, Any] | None:
     if tool.kind in ("function", "custom"):
         schema = tool.parameters if tool.kind == "function" else _FREEFORM_SCHEMA
         if "type" not in schema:
@@ -577,7 +577,7 @@ def render_request(req: ir.Request, model: str) -> dict[str, Any]:
     metadata = extras.pop("metadata", None)
     output_config = extras.pop("output_config", None)
 
-    tools = [t for t in map(_render_tool, req.tools) if t is not None]
+    tools = [t for t in map(render_tool, req.tools) if t is not None]
     tool_choice = _render_tool_choice(req) if tools else None
     structured = structured_output(req.response_format)
     if structured is not None:

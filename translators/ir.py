@@ -94,6 +94,10 @@ class Tool:
     kind: str = "function"
     raw: dict[str, Any] | None = None
     strict: bool | None = None
+    # A Responses `namespace` group member (Codex: multi_agent_v1, mcp__*): (namespace, name in it).
+    # `name` is then the flat name every upstream without namespaces sees (translators.openai_responses
+    # namespaced_name); the Responses codec splits it back for its clients.
+    namespace: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)

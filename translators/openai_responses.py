@@ -8,6 +8,7 @@ reads them from EncoderOptions.custom_tools.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Collection
@@ -164,6 +165,9 @@ def _input(items: list[Any], system: list[ir.TextPart]) -> list[ir.Message]:
         elif kind in ("function_call", "custom_tool_call"):
             call_id, signature, origin = decode_tool_call_id(require(item, "call_id", str, f"{f}.call_id"))
             name = require(item, "name", str, f"{f}.name")
+            namespace = check(item.get("namespace"), str, f"{f}.namespace")
+            if namespace:
+                name = namespaced_name(namespace, name)
             if kind == "function_call":
                 args = parse_arguments(item.get("arguments"), f"{f}.arguments")
             else:
@@ -183,6 +187,43 @@ def _input(items: list[Any], system: list[ir.TextPart]) -> list[ir.Message]:
         elif kind not in _DROPPED_ITEMS:
             raise TranslationError(f"{f}.type", f"unsupported input item type {kind!r}")
     return messages
+
+
+# Tool names: 64 characters at most on OpenAI, Claude and Gemini alike.
+MAX_TOOL_NAME = 64
+
+
+def namespaced_name(namespace: str, name: str) -> str:
+    """The flat name of a namespaced tool for upstreams without namespaces: `namespace__name`, cut
+    to MAX_TOOL_NAME with a hash suffix so distinct tools stay distinct (deterministic, so calls in
+    the history map to the same name)."""
+    flat = f"{namespace}__{name}"
+    if len(flat) <= MAX_TOOL_NAME:
+        return flat
+    digest = hashlib.sha256(flat.encode()).hexdigest()[:8]
+    return f"{flat[: MAX_TOOL_NAME - 9]}_{digest}"
+
+
+def _tools(raw: Any) -> list[ir.Tool]:
+    """Tools, with `namespace` groups flattened into their members (named by namespaced_name)."""
+    tools: list[ir.Tool] = []
+    for i, t in enumerate(check(raw, list, "tools") or []):
+        field = f"tools[{i}]"
+        if isinstance(t, dict) and t.get("type") == "namespace":
+            namespace = require(t, "name", str, f"{field}.name")
+            for j, member in enumerate(check(t.get("tools"), list, f"{field}.tools") or []):
+                tool = _tool(member, f"{field}.tools[{j}]")
+                tool.namespace = (namespace, tool.name)
+                tool.name = namespaced_name(namespace, tool.name)
+                tools.append(tool)
+            continue
+        tools.append(_tool(t, field))
+    return tools
+
+
+def tool_namespaces(tools: list[ir.Tool]) -> dict[str, tuple[str, str]]:
+    """Flat name -> (namespace, name) of the namespaced tools of a request."""
+    return {t.name: t.namespace for t in tools if t.namespace is not None}
 
 
 def _tool(t: Any, field: str) -> ir.Tool:
@@ -247,7 +288,9 @@ def _render_parts(parts: list[ir.TextPart | ir.ImagePart], text_type: str) -> li
     return out
 
 
-def _render_input(messages: list[ir.Message], custom: set[str]) -> list[dict[str, Any]]:
+def _render_input(
+    messages: list[ir.Message], custom: set[str], namespaces: dict[str, tuple[str, str]]
+) -> list[dict[str, Any]]:
     """IR turns -> input items in part order, except that a turn's tool outputs come first (right
     after their calls); consecutive text/images form one message item."""
     items: list[dict[str, Any]] = []
@@ -267,24 +310,13 @@ def _render_input(messages: list[ir.Message], custom: set[str]) -> list[dict[str
                 run = []
             if isinstance(part, ir.ToolCallPart):
                 names[part.id] = part.name
+                item: dict[str, Any] = {"call_id": part.id, "name": part.name}
+                if part.name in namespaces:  # a namespaced tool's call names its namespace again
+                    item["namespace"], item["name"] = namespaces[part.name]
                 if part.name in custom:
-                    items.append(
-                        {
-                            "type": "custom_tool_call",
-                            "call_id": part.id,
-                            "name": part.name,
-                            "input": _custom_input(part.arguments),
-                        }
-                    )
+                    items.append({"type": "custom_tool_call", **item, "input": _custom_input(part.arguments)})
                 else:
-                    items.append(
-                        {
-                            "type": "function_call",
-                            "call_id": part.id,
-                            "name": part.name,
-                            "arguments": arguments_text(part.arguments),
-                        }
-                    )
+                    items.append({"type": "function_call", **item, "arguments": arguments_text(part.arguments)})
             elif isinstance(part, ir.ToolResultPart):
                 kind = "custom_tool_call_output" if names.get(part.tool_call_id) in custom else "function_call_output"
                 output: Any = "".join(p.text for p in part.content if isinstance(p, ir.TextPart))
@@ -298,7 +330,26 @@ def _render_input(messages: list[ir.Message], custom: set[str]) -> list[dict[str
     return items
 
 
-def _render_tool(tool: ir.Tool) -> dict[str, Any] | None:
+def _render_tools(tools: list[ir.Tool]) -> list[dict[str, Any]]:
+    """Tools for a Responses upstream, namespaced ones regrouped under their namespace."""
+    out: list[dict[str, Any]] = []
+    groups: dict[str, dict[str, Any]] = {}
+    for tool in tools:
+        rendered = render_tool(tool)
+        if rendered is None:
+            continue
+        if tool.namespace is None:
+            out.append(rendered)
+            continue
+        namespace, name = tool.namespace
+        if namespace not in groups:
+            groups[namespace] = {"type": "namespace", "name": namespace, "tools": []}
+            out.append(groups[namespace])
+        groups[namespace]["tools"].append({**rendered, "name": name})
+    return out
+
+
+def render_tool(tool: ir.Tool) -> dict[str, Any] | None:
     if tool.kind == "function":
         out: dict[str, Any] = {"type": "function", "name": tool.name}
         if tool.description:
@@ -389,24 +440,27 @@ def _message_item(item_id: str, text: str) -> dict[str, Any]:
     }
 
 
-def _call_item(item_id: str, call_id: str, name: str, custom: bool, value: str, status: str) -> dict[str, Any]:
-    if custom:
-        return {
-            "id": item_id,
-            "type": "custom_tool_call",
-            "status": status,
-            "call_id": call_id,
-            "name": name,
-            "input": value,
-        }
-    return {
+def _call_item(
+    item_id: str,
+    call_id: str,
+    name: str,
+    custom: bool,
+    value: str,
+    status: str,
+    namespaces: dict[str, tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
         "id": item_id,
-        "type": "function_call",
+        "type": "custom_tool_call" if custom else "function_call",
         "status": status,
         "call_id": call_id,
         "name": name,
-        "arguments": value,
     }
+    split = namespaces.get(name) if namespaces else None
+    if split is not None:
+        item["namespace"], item["name"] = split
+    item["input" if custom else "arguments"] = value
+    return item
 
 
 def _custom_input(arguments: dict[str, Any]) -> str:
@@ -607,6 +661,7 @@ class ResponsesEncoder(SafeEncoder):
         self._opts = opts
         self._custom = custom_tools
         self._names = opts.tool_name_map or {}
+        self._namespaces = opts.tool_namespaces
         self._id = opts.response_id
         self._created = opts.created or int(time.time())
         self._seq = 0
@@ -682,9 +737,8 @@ class ResponsesEncoder(SafeEncoder):
             name = self._names.get(ev.name, ev.name)
             custom = name in self._custom
             call_id = encode_tool_call_id(ev.id, ev.signature, ev.signature_origin)
-            self._open(
-                out, _call_item(self._next_id("ctc" if custom else "fc"), call_id, name, custom, "", "in_progress")
-            )
+            item_id = self._next_id("ctc" if custom else "fc")
+            self._open(out, _call_item(item_id, call_id, name, custom, "", "in_progress", self._namespaces))
             self._call_index = ev.index
         elif (
             t is ir.ToolCallArgsDelta
@@ -819,7 +873,7 @@ class OpenAIResponsesCodec:
             raise TranslationError("input", "must be a string or an array of input items")
         req = ir.Request(model=model, messages=messages, system=system)
         req.stream = stream if stream is not None else bool(check(body.get("stream"), bool, "stream"))
-        req.tools = [_tool(t, f"tools[{i}]") for i, t in enumerate(check(body.get("tools"), list, "tools") or [])]
+        req.tools = _tools(body.get("tools"))
         req.tool_choice = _tool_choice(body.get("tool_choice"))
         req.parallel_tool_calls = check(body.get("parallel_tool_calls"), bool, "parallel_tool_calls")
         req.max_tokens = check(body.get("max_output_tokens"), int, "max_output_tokens")
@@ -846,10 +900,11 @@ class OpenAIResponsesCodec:
         body: dict[str, Any] = {"model": model}
         if req.system:
             body["instructions"] = "\n\n".join(p.text for p in req.system)
-        body["input"] = _render_input(req.messages, custom)
+        namespaces = tool_namespaces(req.tools)
+        body["input"] = _render_input(req.messages, custom, namespaces)
         if req.stream:
             body["stream"] = True
-        tools = [t for t in map(_render_tool, req.tools) if t is not None]
+        tools = _render_tools(req.tools)
         if tools:
             body["tools"] = tools
             if req.tool_choice is not None:
@@ -926,7 +981,14 @@ class OpenAIResponsesCodec:
             usage=_parse_usage(body.get("usage")),
         )
 
-    def render_response(self, resp: ir.Response, model: str, *, custom_tools: Collection[str] = ()) -> dict[str, Any]:
+    def render_response(
+        self,
+        resp: ir.Response,
+        model: str,
+        *,
+        custom_tools: Collection[str] = (),
+        tool_namespaces: dict[str, tuple[str, str]] | None = None,
+    ) -> dict[str, Any]:
         rid = resp.id or new_id("resp_")
         output: list[dict[str, Any]] = []
         for part in resp.parts:
@@ -950,6 +1012,7 @@ class OpenAIResponsesCodec:
                         custom,
                         value,
                         "completed",
+                        tool_namespaces,
                     )
                 )
         status, incomplete, error = _status(resp.finish_reason)

@@ -161,3 +161,55 @@ def test_gemini_cli_response_json_schema_reaches_every_upstream(gateway, fakes, 
     else:
         schema = fakes.responses.last_request.json["text"]["format"]["schema"]
         assert schema["type"] == "object" and schema["properties"]["city"] == {"type": "string"}
+
+
+CODEX_TOOLS = [
+    {
+        "type": "namespace",
+        "name": "multi_agent_v1",
+        "description": "Sub-agents",
+        "tools": [
+            {
+                "type": "function",
+                "name": "spawn_agent",
+                "description": "Start a sub-agent",
+                "strict": False,
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+            {"type": "function", "name": "wait", "parameters": {"type": "object", "properties": {}}, "strict": False},
+        ],
+    },
+    {"type": "web_search"},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize("provider", ["openai-custom", "claude-custom"])
+def test_codex_namespace_tools_round_trip_and_built_ins_are_reported(gateway, fakes, provider, stream):
+    client = openai.OpenAI(base_url=f"{gateway.url}/{provider}/v1", api_key=CLIENT_KEY, max_retries=0)
+    items: list = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "use the tool"}]}]
+    kw = {"model": MODEL, "input": items, "tools": CODEX_TOOLS}
+    if stream:
+        raw = client.responses.with_raw_response.create(**kw, stream=True)
+        events = list(raw.parse())
+        output = next(e for e in events if e.type == "response.completed").response.output
+    else:
+        raw = client.responses.with_raw_response.create(**kw)
+        output = raw.parse().output
+    assert raw.headers["x-aiclient-dropped-tools"] == "web_search"
+    calls = [o.model_dump() for o in output if o.type == "function_call"]
+    assert [(c["namespace"], c["name"], json.loads(c["arguments"])) for c in calls] == [
+        ("multi_agent_v1", "spawn_agent", {"city": "Paris"})
+    ]
+    fake = fakes.openai if provider == "openai-custom" else fakes.claude
+    sent = fake.last_request.json["tools"]
+    names = [t["function"]["name"] if "function" in t else t["name"] for t in sent]
+    assert names == ["multi_agent_v1__spawn_agent", "multi_agent_v1__wait"]
+
+    call = calls[0]
+    items += [
+        {k: call[k] for k in ("type", "call_id", "name", "namespace", "arguments")},
+        {"type": "function_call_output", "call_id": call["call_id"], "output": "agent started"},
+    ]
+    answer = client.responses.create(model=MODEL, input=items, tools=CODEX_TOOLS)
+    assert answer.output_text == "Tool results: agent started"
