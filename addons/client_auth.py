@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from addons import replies
 from addons.context import CLIENT_KEY, CLIENT_KEY_ID, CLIENT_KEY_NAME, Gateway
-from addons.router import dialect_for_path, strip_provider_prefix
+from addons.router import dialect_for_path, is_root_probe, strip_provider_prefix
 from auth.client_keys import ClientKey, Keyring, build_keyring, check_expiry, load_keys_file
 from core.config import ApiKey, ConfigError
 
@@ -173,8 +173,8 @@ class ClientAuth:
         req = flow.request
         presented = self._take_key(req)
         path = strip_provider_prefix(req.path.partition("?")[0])
-        if req.method == "OPTIONS" or path in _OPEN_PATHS or (path == "/" and req.method in ("GET", "HEAD")):
-            return  # Claude Code probes HEAD / without a key at start
+        if req.method == "OPTIONS" or path in _OPEN_PATHS or is_root_probe(req):
+            return
         if presented is not None:
             candidate = presented.encode()
             key = self.gateway.keyring.match(candidate)

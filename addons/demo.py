@@ -7,8 +7,8 @@ small OpenAI Chat Completions server on a loopback port of its own, started by t
 translation path, streamed or not, with tool calls; every answer says it is canned, and so does the
 start banner. Configuring any real provider turns the demo off (unless `default_provider: demo`).
 
-The server runs on mitmproxy's event loop but only while the demo is on; the listening socket is
-bound in `configure`, so requests that arrive before `running` wait in its backlog.
+The server runs on mitmproxy's event loop, started by the first request routed to the demo (so the
+gateway listens on nothing else until the demo is used, and nothing runs while it is off).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import time
 from typing import Any
 
 import h11
+from mitmproxy import http
 
-from addons.context import Gateway
+from addons.context import ROUTE, Gateway, Route
 from auth.credentials import StaticKey
 from auth.pool import AccountPool, PoolAccount
 from core.config import Provider
@@ -163,6 +164,7 @@ class DemoServer:
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
         self.server: asyncio.Server | None = None
+        self._starting = asyncio.Lock()  # concurrent first requests start one server
 
     @property
     def url(self) -> str:
@@ -170,17 +172,16 @@ class DemoServer:
         host, port = self.sock.getsockname()[:2]
         return f"http://{host}:{port}/v1"
 
-    def bind(self) -> None:
-        if self.sock is None:
+    async def start(self) -> None:
+        async with self._starting:
+            if self.server is not None:
+                return
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind(("127.0.0.1", 0))
             sock.listen(128)
             sock.setblocking(False)
+            self.server = await asyncio.start_server(self._serve, sock=sock)
             self.sock = sock
-
-    async def start(self) -> None:
-        if self.server is None and self.sock is not None:
-            self.server = await asyncio.start_server(self._serve, sock=self.sock)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -312,18 +313,25 @@ class Demo:
         if mode is None:
             self.gateway.pools.pop(DEMO, None)
             return
-        self.server.bind()
-        ADAPTERS[DEMO].default_base_url = self.server.url
         config = self.gateway.config
         if DEMO not in config.providers:
             # Upstream reads the provider's settings from the config, like any other provider's.
             self.gateway.config = config.model_copy(update={"providers": {**config.providers, DEMO: Provider()}})
         self.gateway.pools[DEMO] = AccountPool(DEMO, [PoolAccount("canned", StaticKey("demo"))])
 
-    async def running(self) -> None:
-        if self.gateway.demo is None:
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """The first request routed to the demo starts its server (a few ms, once)."""
+        if flow.response is not None or self.gateway.demo is None or self.server.server is not None:
+            return
+        route: Route | None = flow.metadata.get(ROUTE)
+        if route is None or route.provider != DEMO:
             return
         await self.server.start()
+        ADAPTERS[DEMO].default_base_url = self.server.url
+
+    def running(self) -> None:
+        if self.gateway.demo is None:
+            return
         why = (
             "default_provider is demo"
             if self.gateway.demo == "explicit"

@@ -70,6 +70,12 @@ def looks_like_provider_id(prefix: str) -> bool:
     )
 
 
+def is_root_probe(req: http.Request) -> bool:
+    """`HEAD /` or `GET /` in origin form: Claude Code checks the gateway is up this way, without a
+    key, at every start. An absolute-form request (`GET http://other.host/`) is a proxy request, no probe."""
+    return req.method in ("GET", "HEAD") and req.path == "/" and not req.authority
+
+
 def strip_provider_prefix(path: str) -> str:
     head, sep, rest = path.lstrip("/").partition("/")
     if sep and head in PROVIDER_IDS:
@@ -154,7 +160,7 @@ class Router:
         if req.method == "OPTIONS":
             flow.metadata[ROUTE] = Route(dialect_for_path(path), "preflight")
             return None
-        if path == "/" and req.method in ("GET", "HEAD"):  # reachability probes (Claude Code: HEAD /)
+        if is_root_probe(req):
             flow.metadata[ROUTE] = Route("openai_chat", "root")
             return None
         endpoint = classify(req.method, path, req.query.get("alt"))

@@ -354,6 +354,8 @@ class Upstream:
             body = dict(route.body or {})
             if "model" in body or dialect != "gemini":
                 body["model"] = model
+            if not getattr(adapter, "clamps_reasoning_effort", False):
+                return body
             ceiling = self.gateway.config.providers[adapter.id].max_reasoning_effort
             return limit_body_effort(dialect, body, ceiling)
         return adapter.render(self.gateway.config.providers[adapter.id], route.request, model)
@@ -369,8 +371,9 @@ class Upstream:
             stream=route.stream,
             client_headers=client_headers,
         )
-        if route.query and adapter.forwarded_query and adapter.dialect == route.dialect:
-            up.url = forward_query(up.url, route.query, adapter.forwarded_query)
+        forwarded = getattr(adapter, "forwarded_query", None)
+        if route.query and forwarded and adapter.dialect == route.dialect:
+            up.url = forward_query(up.url, route.query, forwarded)
         return up
 
     @staticmethod

@@ -42,6 +42,7 @@ class _ApiKeyAdapter:
     accepts_image_urls = True
     wraps_responses = False
     forwarded_query: frozenset[str] = frozenset()
+    clamps_reasoning_effort = True
     path = ""
 
     def credential(

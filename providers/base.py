@@ -47,9 +47,11 @@ class ProviderAdapter(Protocol):
     # Answers come in an envelope (Code Assist's {"response": ...}): a client of the same dialect
     # must still get them through the codec, never relayed as they are.
     wraps_responses: bool
-    # Query parameters of a client of the same dialect sent on to the upstream (claude-custom:
-    # Claude Code's `?beta=true`, which switches Anthropic to the beta Messages surface).
-    forwarded_query: frozenset[str]
+    # Optional (read with getattr): query parameters of a client of the same dialect sent on to the
+    # upstream (claude-custom: Claude Code's `?beta=true`, Anthropic's beta Messages surface), and
+    # whether a passthrough body's reasoning effort is clamped like a rendered one.
+    # forwarded_query: frozenset[str]
+    # clamps_reasoning_effort: bool
 
     def credential(self, provider: Provider, account: Account, *, label: str, state_dir: Path | None) -> Credential:
         """The account's credential; raises auth.credentials.CredentialError saying why it is unusable.
@@ -147,7 +149,9 @@ def upstream_dialect(adapter: ProviderAdapter, model: str) -> str:
 def render_with_codec(
     dialect: str, request: ir.Request, model: str, provider: Provider | None = None
 ) -> dict[str, Any]:
-    """render() of every adapter whose upstream speaks a client dialect, with the reasoning effort
-    clamped to what the upstream takes."""
-    ceiling = provider.max_reasoning_effort if provider is not None else None
-    return get_codec(dialect).render_request(limit_reasoning(request, dialect, ceiling), model)
+    """render() of every adapter whose upstream speaks a client dialect. Adapters that pass their
+    `provider` settings get the reasoning effort clamped to what the upstream takes (its dialect's
+    ceiling or `max_reasoning_effort`); those that do not (Codex: its backend takes xhigh) get none."""
+    if provider is not None:
+        request = limit_reasoning(request, dialect, provider.max_reasoning_effort)
+    return get_codec(dialect).render_request(request, model)

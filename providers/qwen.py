@@ -124,6 +124,7 @@ class Qwen:
     accepts_image_urls = False
     wraps_responses = False
     forwarded_query: frozenset[str] = frozenset()
+    clamps_reasoning_effort = True
 
     def options(self, provider: Provider) -> QwenOptions:
         return QwenOptions.parse(provider.options)

@@ -310,6 +310,7 @@ def test_upstream_error_is_translated_with_its_message(tmp_path, fakes):
 
 
 def test_account_without_key_gives_503_naming_why(tmp_path, fakes):
+    # claude-custom has a usable account, so the built-in demo stays off (README "First run").
     gw = start_gateway(
         tmp_path,
         {
@@ -319,7 +320,8 @@ def test_account_without_key_gives_503_naming_why(tmp_path, fakes):
                 "openai-custom": {
                     "base_url": f"{fakes.openai.url}/v1",
                     "accounts": [{"label": "empty", "api_key": "${AICM_NOT_SET}"}],
-                }
+                },
+                "claude-custom": {"base_url": fakes.claude.url, "accounts": [{"api_key": CLAUDE_KEY}]},
             },
         },
     )

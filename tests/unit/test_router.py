@@ -169,3 +169,14 @@ def test_claude_query_is_kept_on_the_route():
         "/v1/messages?beta=true", {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
     )
     assert flow.metadata[ROUTE].query == {"beta": "true"}
+
+
+def test_absolute_form_root_is_no_probe():
+    """`GET http://other.host/` is a proxy request, not the gateway's reachability probe."""
+    flow = tflow.tflow()
+    flow.request = http.Request.make("GET", "http://example.invalid/")
+    flow.request.authority = "example.invalid"
+    router = Router(Gateway(parse_config(CONFIG)))
+    with taddons.context(router):
+        router.request(flow)
+    assert flow.response is not None and flow.response.status_code == 404
