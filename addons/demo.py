@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import time
 from typing import Any
@@ -46,12 +47,14 @@ _MAX_BODY = 32 * 1024 * 1024
 # The canned brain: deterministic answers from the request alone.
 
 
+# Context blocks clients and the gateway put into a user turn; the demo echoes the user's own words.
+_CONTEXT_BLOCK = re.compile(r"<(system_message|system-reminder)>.*?</\1>", re.DOTALL)
+
+
 def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
     if isinstance(content, list):
-        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
+        content = " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return _CONTEXT_BLOCK.sub("", content).strip() if isinstance(content, str) else ""
 
 
 def _sample(schema: Any) -> Any:

@@ -28,7 +28,7 @@ def has_system_turns(messages: list[ir.Message]) -> bool:
 def fold_system_turns(messages: list[ir.Message], *, only_after_tool_calls: bool = False) -> list[ir.Message]:
     """The turns with every system turn folded into the adjacent user turn: the next one when the
     conversation goes on with the user, else the previous user turn, else a user turn of its own.
-    In a user turn the block goes after the tool results (they must come first) and before the
+    In a user turn the blocks go after the tool results (they must come first) and before the
     user's own content. Returns the list unchanged when there is nothing to fold; never mutates.
 
     `only_after_tool_calls`: for upstreams that do take system turns but want tool results right
@@ -47,10 +47,7 @@ def fold_system_turns(messages: list[ir.Message], *, only_after_tool_calls: bool
                 pending.append(system_block(msg))
             continue
         if pending and msg.role == "user":
-            results = 0
-            while results < len(msg.parts) and isinstance(msg.parts[results], ir.ToolResultPart):
-                results += 1
-            out.append(ir.Message("user", [*msg.parts[:results], *pending, *msg.parts[results:]]))
+            out.append(_with_blocks(msg, pending))
             pending = []
             continue
         if pending:
@@ -64,9 +61,22 @@ def fold_system_turns(messages: list[ir.Message], *, only_after_tool_calls: bool
 
 def _append_to_previous_user(out: list[ir.Message], blocks: list[ir.TextPart]) -> None:
     if out and out[-1].role == "user":
-        out[-1] = ir.Message("user", [*out[-1].parts, *blocks])
+        out[-1] = _with_blocks(out[-1], blocks)
     else:
         out.append(ir.Message("user", list(blocks)))
+
+
+def _with_blocks(msg: ir.Message, blocks: list[ir.TextPart]) -> ir.Message:
+    """The user turn with the blocks after its tool results and before the user's own words, so the
+    user's request stays the last thing the model reads (Claude Code puts its system message last)."""
+    at = 0  # after the tool results and the system blocks folded in already (they keep their order)
+    while at < len(msg.parts) and _leads(msg.parts[at]):
+        at += 1
+    return ir.Message("user", [*msg.parts[:at], *blocks, *msg.parts[at:]])
+
+
+def _leads(part: ir.Part) -> bool:
+    return isinstance(part, ir.ToolResultPart) or (isinstance(part, ir.TextPart) and part.text.startswith(SYSTEM_OPEN))
 
 
 def _has_calls(message: ir.Message) -> bool:
