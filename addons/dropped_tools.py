@@ -39,7 +39,8 @@ class DroppedTools:
             if route is None or route.request is None or exchange is None or getattr(exchange, "passthrough", True):
                 return []
             try:
-                names = dropped_tools(route.request.tools, exchange.adapter.dialect)
+                dialect = getattr(exchange, "dialect", "") or exchange.adapter.dialect  # Vertex: per model
+                names = dropped_tools(route.request.tools, dialect)
             except Exception:
                 logger.exception("aiclient-mitm: could not work out the dropped tools")
                 return []
