@@ -58,7 +58,7 @@ def test_claude_code_system_message_passes_through_claude_custom_unchanged(gatew
 def test_claude_code_system_message_reaches_other_upstreams(gateway, fakes, provider):
     client = claude(gateway.url, provider)
     msg = client.beta.messages.create(model=MODEL, max_tokens=256, messages=copy.deepcopy(CLAUDE_CODE_MESSAGES))
-    assert msg.content[0].text.startswith("Hello! You said: hi there")
+    assert msg.content[0].text.startswith("Hello! You said:") and msg.content[0].text.endswith("hi there")
     sent = (fakes.openai if provider == "openai-custom" else fakes.responses).last_request.json
     text = str(sent["messages"] if provider == "openai-custom" else sent["input"])
     assert "Available agent types for the Agent tool: general-purpose" in text
