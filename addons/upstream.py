@@ -174,7 +174,10 @@ class Upstream:
         return self._proxies[key]
 
     async def running(self) -> None:
-        await self._relay.start()
+        port = await self._relay.start()
+        # The one listener besides the configured one: loopback only, answering nothing but the
+        # one-time token of a stream this process opened (tests/e2e/test_startup.py checks both).
+        logger.info("aiclient-mitm: internal stream relay on 127.0.0.1:%d (loopback, one-time tokens)", port)
 
     async def done(self) -> None:
         await self._relay.stop()

@@ -9,6 +9,7 @@ only the configured address ever listened.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -86,6 +87,27 @@ def start(argv: list[str], workdir: Path, until_port: int, timeout: float = 90) 
     raise AssertionError(f"did not come up on {until_port}: {(workdir / 'out.log').read_text()}")
 
 
+RELAY = re.compile(r"internal stream relay on 127\.0\.0\.1:(\d+)")
+
+
+def relay_port(workdir: Path) -> int:
+    """The in-process stream relay's loopback port (addons/stream.py LoopbackRelay), as logged."""
+    deadline = time.monotonic() + 30
+    while not (m := RELAY.search((workdir / "out.log").read_text(errors="replace"))):
+        assert time.monotonic() < deadline, "the stream relay's port was not logged"
+        time.sleep(0.05)
+    return int(m.group(1))
+
+
+def assert_relay_serves_nothing_without_a_token(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET http://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 404 ")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /v1/chat/completions?t=guess HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 404 ")
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -107,7 +129,10 @@ def test_mitmdump_listens_only_on_the_configured_address(tmp_path, config):
     path, port = config
     proc, seen = start([str(BIN / "mitmdump"), "-s", str(REPO / "run.py"), "--set", f"config={path}"], tmp_path, port)
     try:
-        assert seen == {("127.0.0.1", port)}
+        relay = relay_port(tmp_path)
+        # The configured listener, and the loopback stream relay that serves only its own tokens.
+        assert seen | listening(proc.pid) == {("127.0.0.1", port), ("127.0.0.1", relay)}
+        assert_relay_serves_nothing_without_a_token(relay)
         # Not a forward proxy: an absolute-form request for another host is not relayed anywhere.
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET http://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\n\r\n")
@@ -131,7 +156,7 @@ def test_mitmweb_listens_on_the_configured_address_and_its_inspector(tmp_path, c
         while ("127.0.0.1", web) not in seen and time.monotonic() < deadline:
             time.sleep(0.05)
             seen |= listening(proc.pid)
-        assert seen == {("127.0.0.1", port), ("127.0.0.1", web)}
+        assert seen == {("127.0.0.1", port), ("127.0.0.1", web), ("127.0.0.1", relay_port(tmp_path))}
         # mitmweb's REST API needs its token (mitmproxy >= 11.1.2): refused without, served with it.
         assert httpx2.get(f"http://127.0.0.1:{web}/flows", timeout=5).status_code == 403
         assert httpx2.get(f"http://127.0.0.1:{web}/flows?token=inspect-token", timeout=5).status_code == 200
@@ -146,7 +171,7 @@ def test_listener_flags_given_by_the_user_win(tmp_path, config):
     argv += ["--mode", f"reverse:http://127.0.0.1:1@{other}", "--listen-host", "127.0.0.1"]
     proc, seen = start(argv, tmp_path, other)
     try:
-        assert seen == {("127.0.0.1", other)}
+        assert seen | listening(proc.pid) == {("127.0.0.1", other), ("127.0.0.1", relay_port(tmp_path))}
     finally:
         stop(proc)
 
