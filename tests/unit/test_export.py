@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from addons.prompt_log import Filters, Progress, conversation_digests, export, main, parse_time
+from datasets.export import Filters, Progress, conversation_digests, export, main, parse_time
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM = {"role": "system", "content": "Be brief."}
@@ -322,12 +322,15 @@ def test_sharegpt_skips_what_cannot_alternate(tmp_path: Path):
 # -- command line and progress ----------------------------------------------------------------------------
 
 
-def test_cli_writes_the_file_and_prints_a_summary(logs: Path, tmp_path: Path):
+@pytest.mark.parametrize("module", ["datasets", "addons.prompt_log"], ids=["datasets", "deprecated"])
+def test_cli_writes_the_file_and_prints_a_summary(logs: Path, tmp_path: Path, module: str):
     out = tmp_path / "train.jsonl"
-    cmd = [sys.executable, "-m", "addons.prompt_log", "export", "--dir", str(logs), "--out", str(out), "--ok-only"]
+    cmd = [sys.executable, "-m", module, "export", "--dir", str(logs), "--out", str(out), "--ok-only"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr
+    deprecated = "python -m addons.prompt_log export is deprecated" in done.stderr
+    assert deprecated == (module == "addons.prompt_log")
     assert "conversations written: 3" in done.stdout and "tokens per model:" in done.stdout
     for line in out.read_text(encoding="utf-8").splitlines():
         validate_openai(json.loads(line))
@@ -363,7 +366,7 @@ MEASURE = """
 import io, json, resource, sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from addons.prompt_log import Filters, export
+from datasets.export import Filters, export
 out = []
 for folder in sys.argv[2:]:
     with open(folder + ".out", "wb") as f:
