@@ -23,6 +23,7 @@ import httpx2
 
 from auth.credentials import CredentialError
 from auth.google_oauth import TokenRejected
+from core.config import Provider
 from core.files import write_json_atomic
 from translators.errors import extract_message
 
@@ -37,6 +38,8 @@ GOOG_API_CLIENT = "google-genai-sdk/1.41.0 gl-node/v22.19.0"
 CLIENT_METADATA = {"ideType": "IDE_UNSPECIFIED", "platform": "PLATFORM_UNSPECIFIED", "pluginType": "GEMINI"}
 DEFAULT_TIER = "legacy-tier"
 FREE_TIER = "free-tier"
+# Provider options (providers.gemini-cli-oauth.options): how project onboarding is polled.
+OPTIONS: dict[str, float] = {"onboard_poll_interval": 2.0, "onboard_timeout": 60.0}
 PROJECT_HINT = "set providers.gemini-cli-oauth.accounts[].project_id to a Google Cloud project with Gemini Code Assist"
 
 _PLATFORMS = {"linux": "linux", "darwin": "darwin", "win32": "win32"}
@@ -246,3 +249,15 @@ def _tier_name(tier: Any) -> str:
     if isinstance(tier, dict):
         return str(tier.get("name") or tier.get("id") or "a tier")
     return "a tier"
+
+
+def provider_options(provider: Provider) -> dict[str, float]:
+    """providers.gemini-cli-oauth.options with defaults; CredentialError names a bad key."""
+    values = dict(OPTIONS)
+    for key, value in provider.options.items():
+        if key not in OPTIONS:
+            raise CredentialError(f"options.{key}: unknown option for gemini-cli-oauth (known: {', '.join(OPTIONS)})")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise CredentialError(f"options.{key}: must be a number of seconds above 0, got {value!r}")
+        values[key] = float(value)
+    return values

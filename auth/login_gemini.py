@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx2
 
-from auth.code_assist import ProjectDiscovery, ProjectStore
+from auth.code_assist import OPTIONS, ProjectDiscovery, ProjectStore, provider_options
 from auth.credentials import CredentialError
 from auth.google_oauth import (
     DEFAULT_CREDENTIALS_PATH,
@@ -38,7 +38,6 @@ from auth.google_oauth import (
 from auth.pkce import pkce_pair
 from core.config import Config, ConfigError, load_config
 from core.files import write_json_atomic
-from providers.gemini_cli import OPTIONS, provider_options
 
 AUTHORIZE_URL = "https://accounts.google.com/o/oauth2/v2/auth"
 HEADLESS_REDIRECT = "https://codeassist.google.com/authcode"

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from auth.code_assist import ProjectDiscovery, ProjectStore, api_base, request_headers
-from auth.credentials import AuthContext, CredentialError
+from auth.code_assist import ProjectDiscovery, ProjectStore, api_base, provider_options, request_headers
+from auth.credentials import AuthContext
 from auth.google_oauth import (
     DEFAULT_CREDENTIALS_PATH,
     DEFAULT_TOKEN_URL,
@@ -31,8 +31,6 @@ from translators import ir
 from translators.errors import extract_message
 from translators.gemini import wrap_code_assist
 
-# Provider options (providers.gemini-cli-oauth.options) and their defaults.
-OPTIONS: dict[str, float] = {"onboard_poll_interval": 2.0, "onboard_timeout": 60.0}
 # A rate limit asking to wait longer than this is treated as a spent quota (gemini-cli's rule).
 MAX_SHORT_RETRY = 300.0
 
@@ -111,17 +109,6 @@ class _Details:
     def quota(self, *needles: str) -> bool:
         return any(n in q for q in self.quota_ids for n in needles)
 
-
-def provider_options(provider: Provider) -> dict[str, float]:
-    """providers.gemini-cli-oauth.options with defaults; CredentialError names a bad key."""
-    values = dict(OPTIONS)
-    for key, value in provider.options.items():
-        if key not in OPTIONS:
-            raise CredentialError(f"options.{key}: unknown option for gemini-cli-oauth (known: {', '.join(OPTIONS)})")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise CredentialError(f"options.{key}: must be a number of seconds above 0, got {value!r}")
-        values[key] = float(value)
-    return values
 
 
 class GeminiCli:

@@ -1,4 +1,4 @@
-"""`python -m auth status`: every configured account with its token, project and pool health.
+"""`python -m auth status` (cli.status): every configured account with its token, project and pool health.
 
 Secrets are never printed: credentials describe themselves masked, and the pool health comes from
 the gateway's snapshot (state_dir/pool.json) of cooldowns and disabled reasons.
