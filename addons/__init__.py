@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from addons.admin_api import AdminApi
 from addons.client_auth import ClientAuth
 from addons.config_loader import ConfigLoader
 from addons.context import Gateway
+from addons.dashboard import Dashboard
 from addons.demo import Demo
 from addons.dropped_tools import DroppedTools
 from addons.flow_inspect import Inspect
@@ -13,6 +15,7 @@ from addons.key_policy import KeyPolicy
 from addons.kiro_view import KiroView
 from addons.lean import Lean
 from addons.local_api import LocalApi
+from addons.metrics import Metrics
 from addons.pools import Pools
 from addons.router import Router
 from addons.system_prompt import SystemPrompt
@@ -27,6 +30,9 @@ def chain() -> list[object]:
     from addons.prompt_log import PromptLog
 
     gateway = Gateway()
+    usage = Usage(gateway)
+    metrics = Metrics(gateway)
+    inspect = Inspect(gateway)
     return [
         Lean(),
         ConfigLoader(gateway),
@@ -42,11 +48,16 @@ def chain() -> list[object]:
         Pools(gateway),
         # After Pools: the demo is on when none of their accounts is usable.
         Demo(gateway),
+        # Keeps the client's request before Upstream re-targets a stream (mitmweb shows both sides).
+        inspect.capture,
         Upstream(gateway),
         PromptLog(gateway),
-        Usage(gateway),
+        usage,
+        metrics,
+        Dashboard(gateway, metrics, usage),
+        AdminApi(gateway),
         DroppedTools(),
-        Inspect(gateway),
+        inspect,
         Unanswered(),
         KiroView(),
     ]

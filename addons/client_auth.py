@@ -31,7 +31,8 @@ from core.config import ApiKey, ConfigError
 logger = logging.getLogger(__name__)
 
 ENV_KEYS = "AICLIENT_API_KEYS"
-_OPEN_PATHS = frozenset({"/health"})
+# No key needed: health, and the dashboard page (its data endpoint needs an admin key).
+_OPEN_PATHS = frozenset({"/health", "/dashboard"})
 
 
 def key_file_for(config_path: Path) -> Path:
@@ -174,6 +175,8 @@ class ClientAuth:
         presented = self._take_key(req)
         path = strip_provider_prefix(req.path.partition("?")[0])
         if req.method == "OPTIONS" or path in _OPEN_PATHS or is_root_probe(req):
+            return
+        if path == "/metrics" and self.gateway.config.metrics.public and presented is None:
             return
         if presented is not None:
             candidate = presented.encode()

@@ -5,10 +5,14 @@
 - streamed answers get a body after the fact: mitmproxy keeps none for streamed flows, so the
   bytes the stream relay sent to the client are copied (up to inspect.stream_body_max) and
   set as the response body once the stream ended -- only when flows are kept (mitmweb/console);
-- the upstream request (URL, headers with credentials masked, body) stays in
-  flow.metadata["aiclient.upstream_request"], and credentials in the re-targeted request of a
-  relayed stream are masked once it is done, so the inspector (or a saved flow file) never
-  shows an upstream key;
+- both sides of every exchange: the flow itself is what the client sent and got (its URL is the
+  one the client asked, never the reverse-proxy placeholder; a relayed stream's request is put
+  back to the client's own once done), and the "Upstream" content view shows, on the request
+  tab, the upstream request as sent (URL, headers with credentials masked, body) and, on the
+  response tab, the upstream's answer (status, headers, body as received, bounded by
+  inspect.stream_body_max) -- kept as plain data in flow.metadata["aiclient.upstream_request"]
+  and ["aiclient.upstream_response"], so a saved flow file has them too and never a key;
+- every flow carries a short comment saying why: the route, or why it was answered locally;
 - an "SSE" content view shows event streams event by event, JSON pretty-printed;
 - when flows are kept (mitmweb, console, or `-w` saving), a finished flow's metadata is frozen
   into plain data (`aiclient.flow`: route, account, attempts, outcome, usage): the live objects
@@ -27,11 +31,15 @@ from mitmproxy import contentviews, ctx, http
 
 from addons.context import CLIENT_KEY_NAME, DROPPED_TOOLS, EXCHANGE, ROUTE, Gateway, Route
 from addons.outcome import outcome_of
+from translators import errors
 from translators.sse import SseParser
 
 logger = logging.getLogger(__name__)
 
 UPSTREAM_REQUEST = "aiclient.upstream_request"
+UPSTREAM_RESPONSE = "aiclient.upstream_response"
+CLIENT_REQUEST = "aiclient.client_request"  # the client's request, before a stream re-targets it
+COMMENT_ERROR_MAX = 120
 FLOW_SUMMARY = "aiclient.flow"
 MASK = "********"
 # Header names whose values are credentials; also any name containing one of these words.
@@ -60,13 +68,34 @@ def mask_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, safe="*")))
 
 
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= COMMENT_ERROR_MAX else text[: COMMENT_ERROR_MAX - 1] + "…"
+
+
+def _local_reason(resp: http.Response) -> str:
+    """The message of an error the gateway answered itself, for the comment."""
+    return _short(errors.extract_message(resp.raw_content or b"") or resp.reason or "")
+
+
 def describe(flow: http.HTTPFlow, *, finished: bool = False) -> str:
-    """One line for mitmweb's comment: route, attempts, and (once finished) the outcome."""
+    """One line for mitmweb's comment: route, attempts, and (once finished) the outcome -- or why
+    the gateway answered itself (bad key, unknown endpoint, bad body, no account free)."""
     route: Route | None = flow.metadata.get(ROUTE)
+    resp = flow.response
     if route is None:
-        return ""
+        if resp is None:
+            return ""
+        return f"refused {resp.status_code}: {_local_reason(resp)}"
     if route.operation != "generate":
-        return f"local: {route.operation}"
+        text = f"local: {route.operation}"
+        if resp is not None:
+            text += f" · {resp.status_code}"
+            if resp.status_code >= 400:
+                text += f": {_local_reason(resp)}"
+        return text
+    if route.provider is None and resp is not None and resp.status_code >= 400:
+        return f"{route.dialect} → ? · refused {resp.status_code}: {_local_reason(resp)}"
     exchange = flow.metadata.get(EXCHANGE)
     provider = getattr(exchange, "provider", None) or route.provider or "?"
     model = getattr(exchange, "model", None) or route.upstream_model or route.model
@@ -87,6 +116,10 @@ def describe(flow: http.HTTPFlow, *, finished: bool = False) -> str:
         text += f" · {outcome.status} {outcome.latency_ms} ms"
         if outcome.ttft_ms is not None:
             text += f" (first token {outcome.ttft_ms} ms)"
+        if outcome.error:
+            text += f" · {outcome.http_status or ''} {_short(outcome.error)}".replace("  ", " ")
+    elif not attempts and resp is not None and resp.status_code >= 400:
+        text += f" · refused {resp.status_code}: {_local_reason(resp)}"
     key_name = flow.metadata.get(CLIENT_KEY_NAME)
     if key_name:
         text += f" · key {key_name}"
@@ -109,6 +142,41 @@ def upstream_request_view(exchange: Any) -> dict[str, Any] | None:
         "headers": {k: mask_header(k, v) for k, v in up.headers.items()},
         "body": body,
     }
+
+
+def _body_view(body: bytes, limit: int) -> Any:
+    """A body for the Upstream view: JSON as data, else text, cut at `limit` bytes."""
+    cut = body[:limit] if limit > 0 else b""
+    try:
+        return json.loads(cut)
+    except ValueError:
+        text = cut.decode("utf-8", "replace")
+        return text + (f"\n[… {len(body) - len(cut)} more bytes not kept]" if len(body) > len(cut) else "")
+
+
+def upstream_response_view(status: int, headers: Any, body: bytes, limit: int) -> dict[str, Any]:
+    """The upstream's answer as received, credentials masked (plain data: safe to show or save)."""
+    return {
+        "status": status,
+        "headers": {k: mask_header(k, v) for k, v in headers.items()},
+        "body": _body_view(body, limit),
+    }
+
+
+def render_upstream(view: dict[str, Any] | None, side: str) -> str:
+    """The text of the Upstream content view for one side of a flow."""
+    if not view:
+        return f"# no upstream {side}: the gateway answered this request itself"
+    first = f"POST {view['url']}" if side == "request" else f"HTTP {view['status']}"
+    lines = [f"# upstream {side}, as {'sent' if side == 'request' else 'received'}", first]
+    lines += [f"{k}: {v}" for k, v in view["headers"].items()]
+    body = view.get("body")
+    lines.append("")
+    if isinstance(body, str):
+        lines.append(body)
+    elif body is not None:
+        lines.append(json.dumps(body, indent=2, ensure_ascii=False))
+    return "\n".join(lines)
 
 
 def flow_summary(flow: http.HTTPFlow) -> dict[str, Any]:
@@ -188,10 +256,49 @@ class SseContentview(contentviews.Contentview):
         return 2 if data and metadata.content_type == "text/event-stream" else 0
 
 
+class UpstreamContentview(contentviews.Contentview):
+    """The other side of the exchange: on the request tab the upstream request as sent, on the
+    response tab the upstream's answer as received (pick "Upstream" in mitmweb's view menu)."""
+
+    @property
+    def name(self) -> str:
+        return "Upstream"
+
+    @property
+    def syntax_highlight(self) -> contentviews.SyntaxHighlight:
+        return "yaml"
+
+    def prettify(self, data: bytes, metadata: contentviews.Metadata) -> str:
+        flow = metadata.flow
+        side = "response" if isinstance(metadata.http_message, http.Response) else "request"
+        stored = flow.metadata.get(UPSTREAM_REQUEST if side == "request" else UPSTREAM_RESPONSE) if flow else None
+        return render_upstream(stored if isinstance(stored, dict) else None, side)
+
+    def render_priority(self, data: bytes, metadata: contentviews.Metadata) -> float:
+        return -1  # never chosen by itself: the flow's own view is the client's side
+
+
+class Capture:
+    """Runs before Upstream: keeps the client's request of a stream, which Upstream re-targets to
+    the loopback relay -- only when flows are kept."""
+
+    def __init__(self, inspect: Inspect) -> None:
+        self.inspect = inspect
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or not self.inspect.keep_flows:
+            return
+        route: Route | None = flow.metadata.get(ROUTE)
+        if route is not None and route.operation == "generate" and route.stream:
+            flow.metadata[CLIENT_REQUEST] = flow.request.copy()
+
+
 class Inspect:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.view = SseContentview()
+        self.upstream_view = UpstreamContentview()
+        self.capture = Capture(self)
         # Whether flows outlive their hooks (mitmweb/console keep them, -w saves them); under plain
         # mitmdump a copy of every stream and a frozen summary would be waste.
         self.keep_flows = False
@@ -201,6 +308,10 @@ class Inspect:
 
     def load(self, loader: Any) -> None:
         contentviews.add(self.view)  # mitmproxy 12 replaces a view of the same name on reload
+        contentviews.add(self.upstream_view)
+
+    def body_limit(self) -> int:
+        return int(self.gateway.config.inspect.stream_body_max)
 
     def configure(self, updated: set[str]) -> None:
         if "save_stream_file" in updated or "flow_detail" in updated:
@@ -208,6 +319,10 @@ class Inspect:
 
     def running(self) -> None:
         self._decide()
+        columns = getattr(ctx.options, "web_columns", None)
+        if columns is not None and "comment" not in columns:
+            # mitmweb hides the comment column by default; the comment says why each flow ended so.
+            ctx.options.update(web_columns=[*columns, "comment"])
 
     def _decide(self) -> None:
         viewer = ctx.master.addons.get("view") is not None
@@ -220,6 +335,8 @@ class Inspect:
         self._tap(flow)
         if self.annotate:
             self._comment(flow)
+        if self.keep_flows and flow.response is not None:
+            self._client_url(flow)  # answered here: nothing goes to the placeholder upstream
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._tap(flow)
@@ -231,6 +348,7 @@ class Inspect:
         transcoder = getattr(flow.metadata.get(EXCHANGE), "transcoder", None)
         if self.keep_flows and limit > 0 and transcoder is not None and getattr(transcoder, "tap", 0) is None:
             transcoder.tap = bytearray()
+            transcoder.tap_upstream = bytearray()
             transcoder.tap_limit = limit
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -254,8 +372,7 @@ class Inspect:
         except Exception:
             logger.exception("aiclient-mitm: could not annotate the flow for inspection")
 
-    @staticmethod
-    def _keep(flow: http.HTTPFlow, exchange: Any) -> None:
+    def _keep(self, flow: http.HTTPFlow, exchange: Any) -> None:
         transcoder = getattr(exchange, "transcoder", None)
         tap = getattr(transcoder, "tap", None)
         if tap is not None and flow.response is not None:
@@ -264,11 +381,44 @@ class Inspect:
         view = upstream_request_view(exchange)
         if view is not None:
             flow.metadata[UPSTREAM_REQUEST] = view
+        self._keep_upstream_response(flow, exchange, transcoder)
+        client_request = flow.metadata.pop(CLIENT_REQUEST, None)
+        if client_request is not None and getattr(exchange, "relayed", False):
+            flow.request = client_request  # the re-targeted one lives on in the Upstream view
+        self._client_url(flow)
         summary = flow_summary(flow)
         for key in [k for k, v in flow.metadata.items() if not is_plain(v)]:
             del flow.metadata[key]
         if summary:
             flow.metadata[FLOW_SUMMARY] = summary
+
+    def _keep_upstream_response(self, flow: http.HTTPFlow, exchange: Any, transcoder: Any) -> None:
+        """The upstream's last answer: whole for unary ones and errors; for a stream its head
+        plus the bytes the relay read from it (tapped, bounded)."""
+        received = getattr(exchange, "upstream_response", None)
+        if received is None:
+            return
+        body = getattr(received, "content", None)
+        if body is None:
+            tap = getattr(transcoder, "tap_upstream", None)
+            body = bytes(tap) if tap is not None else b""
+            if transcoder is not None:
+                transcoder.tap_upstream = None
+        flow.metadata[UPSTREAM_RESPONSE] = upstream_response_view(
+            received.status_code, received.headers, body, self.body_limit()
+        )
+        exchange.upstream_response = None
+
+    @staticmethod
+    def _client_url(flow: http.HTTPFlow) -> None:
+        """The URL the client asked: the gateway's own address, not the reverse-proxy placeholder."""
+        sockname = flow.client_conn.sockname
+        if not sockname:
+            return
+        request = flow.request
+        request.scheme = "https" if flow.client_conn.tls_established else "http"
+        request.host = sockname[0]
+        request.port = sockname[1]
 
     @staticmethod
     def _mask_request(request: http.Request) -> None:

@@ -50,7 +50,8 @@ class Pools:
         config = self.gateway.config
         rules = CooldownRules(**config.cooldown.model_dump())
         state_dir = self.state_dir()
-        saved = read_json(state_dir / SNAPSHOT_FILE) or {}
+        # A reload (POST /admin/reload) keeps the live state; at start it comes from the snapshot.
+        saved = self._snapshot() if self.gateway.pools else (read_json(state_dir / SNAPSHOT_FILE) or {})
         pools: dict[str, AccountPool] = {}
         for pid in config.configured_providers():
             adapter = ADAPTERS.get(pid)

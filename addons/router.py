@@ -10,6 +10,7 @@ import difflib
 import json
 import logging
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 from mitmproxy import http
@@ -29,6 +30,10 @@ _GEMINI_PATH = re.compile(
     r"models/([^/:]+):(generateContent|streamGenerateContent|countTokens)$"
 )
 _MODEL_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+)$")
+# POST /admin/accounts/{provider}/{label}/{reset|disable|enable}; the label is URL-encoded.
+_ADMIN_ACCOUNT_PATH = re.compile(r"^/admin/accounts/([^/]+)/([^/]+)/(reset|disable|enable)$")
+# Operations whose POST body is not an LLM request: never parsed into the IR.
+_NOT_LLM = frozenset({"telemetry", "admin_reload", "admin_account"})
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,6 +57,12 @@ _STATIC: dict[str, Endpoint] = {
     # Account pools and usage counters (client key required).
     "/pool": Endpoint("openai_chat", "pool", "GET"),
     "/usage": Endpoint("openai_chat", "usage", "GET"),
+    # Operating it (addons/metrics.py, dashboard.py, admin_api.py); admin key required except the page.
+    "/metrics": Endpoint("openai_chat", "metrics", "GET"),
+    "/dashboard": Endpoint("openai_chat", "dashboard", "GET"),
+    "/dashboard/data": Endpoint("openai_chat", "dashboard_data", "GET"),
+    "/admin/config": Endpoint("openai_chat", "admin_config", "GET"),
+    "/admin/reload": Endpoint("openai_chat", "admin_reload", "POST"),
     # Claude Code posts telemetry here; accepting it keeps its logs quiet.
     "/api/event_logging/batch": Endpoint("claude", "telemetry", "POST"),
 }
@@ -74,6 +85,15 @@ def is_root_probe(req: http.Request) -> bool:
     """`HEAD /` or `GET /` in origin form: Claude Code checks the gateway is up this way, without a
     key, at every start. An absolute-form request (`GET http://other.host/`) is a proxy request, no probe."""
     return req.method in ("GET", "HEAD") and req.path == "/" and not req.authority
+
+
+def admin_account_target(path: str) -> tuple[str, str, str] | None:
+    """(provider, account label, action) of an admin account path, labels URL-decoded."""
+    m = _ADMIN_ACCOUNT_PATH.match(path.partition("?")[0])
+    if m is None:
+        return None
+    provider, label, action = m.groups()
+    return urllib.parse.unquote(provider), urllib.parse.unquote(label), action
 
 
 def strip_provider_prefix(path: str) -> str:
@@ -114,6 +134,8 @@ def classify(method: str, path: str, query_alt: str | None) -> Endpoint | None:
         streaming = op == "streamGenerateContent"
         mode = "sse" if query_alt == "sse" else "json"
         return Endpoint("gemini", "generate", "POST", streaming, model, mode)
+    if _ADMIN_ACCOUNT_PATH.match(path):
+        return Endpoint("openai_chat", "admin_account", "POST")
     m = _MODEL_PATH.match(path)
     if m:
         version, model = m.groups()
@@ -179,7 +201,7 @@ class Router:
             )
             flow.metadata[ROUTE] = route
             return None
-        if endpoint.method != "POST" or endpoint.operation == "telemetry":
+        if endpoint.method != "POST" or endpoint.operation in _NOT_LLM:
             flow.metadata[ROUTE] = route
             return None
 

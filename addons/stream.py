@@ -56,6 +56,7 @@ class _Observer:
         "label",
         "tap",
         "tap_limit",
+        "tap_upstream",
         "upstream_error",
     )
 
@@ -76,6 +77,8 @@ class _Observer:
         # Set by an observer (the Inspect addon) to keep a copy of the client's bytes, up to tap_limit.
         self.tap: bytearray | None = None
         self.tap_limit = 0
+        # The same for the upstream's bytes as they arrived (the inspector's "Upstream" view).
+        self.tap_upstream: bytearray | None = None
 
     def observe(self, events: list[Event]) -> None:
         if not events:
@@ -89,6 +92,11 @@ class _Observer:
             if type(ev) is StreamError and self.upstream_error is None:
                 self.upstream_error = ev
                 logger.warning("aiclient-mitm: upstream stream error (%s): %s", self.label, ev.message)
+
+    def received(self, data: bytes) -> None:
+        tap = self.tap_upstream
+        if tap is not None and data and len(tap) < self.tap_limit:
+            tap += data[: self.tap_limit - len(tap)]
 
     def emitted(self, out: bytes) -> None:
         self.bytes_out += len(out)
@@ -135,6 +143,8 @@ class StreamTranscoder(_Observer):
     def feed(self, data: bytes) -> bytes:
         if self.finished:
             return b""
+        if self.tap_upstream is not None:
+            self.received(data)
         before = self.upstream_error
         try:
             events = self.decoder.feed(data)
@@ -202,6 +212,8 @@ class StreamRelay(_Observer):
     def feed(self, data: bytes) -> bytes:
         if self.finished:
             return b""
+        if self.tap_upstream is not None:
+            self.received(data)
         try:
             out = self.relay.feed(data)
         except Exception:

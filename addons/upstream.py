@@ -78,6 +78,8 @@ class Exchange:
     stream_error: ir.StreamError | None = None
     # The upstream's wire dialect for this model (Vertex serves Gemini and Claude models).
     dialect: str = ""
+    # The upstream's last unary answer as received (status, headers, body): for the inspector.
+    upstream_response: Any = None
 
     @property
     def account(self) -> str:
@@ -452,6 +454,7 @@ class Upstream:
             return replies.error_response(route.dialect, 502, message), UpstreamFailure("transient", message)
         exchange.note(str(r.status_code))
         _note_usage(exchange, r.headers)
+        exchange.upstream_response = r
         if isinstance(r, StreamResponse):
             try:
                 await self._hand_to_relay(flow, route, exchange, r)

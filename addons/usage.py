@@ -119,8 +119,10 @@ class Usage:
     def configure(self, updated: set[str]) -> None:
         if "config" not in updated or self.gateway.config_path is None:
             return
-        self.path = state_dir(self.gateway) / STATE_FILE
-        self.book = UsageBook.from_json(read_json(self.path))
+        path = state_dir(self.gateway) / STATE_FILE
+        if path != self.path:  # a reload of the same config keeps the live counters
+            self.path = path
+            self.book = UsageBook.from_json(read_json(path))
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:

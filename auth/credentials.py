@@ -6,9 +6,11 @@ account); an API key is the trivial case.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class CredentialError(Exception):
@@ -23,6 +25,33 @@ def read_credential_file(path: Path, missing: str) -> str:
         raise CredentialError(missing) from None
     except OSError as e:
         raise CredentialError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+@dataclass(slots=True)
+class RefreshStats:
+    """Token refreshes of one account and how many failed (read by the /metrics scrape)."""
+
+    attempts: int = 0
+    failures: int = 0
+
+
+def counted_refresh[**P, R](method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Counts calls of an OAuth credential's refresh method in `self.refresh_stats`."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        owner: Any = args[0]
+        stats = owner.__dict__.get("refresh_stats")
+        if stats is None:
+            stats = owner.__dict__["refresh_stats"] = RefreshStats()
+        stats.attempts += 1
+        try:
+            return await method(*args, **kwargs)
+        except BaseException:
+            stats.failures += 1
+            raise
+
+    return wrapper
 
 
 @dataclass(slots=True, frozen=True)

@@ -33,7 +33,7 @@ from google.auth import exceptions as google_exceptions
 from google.auth import transport as google_transport
 from google.oauth2.credentials import Credentials
 
-from auth.credentials import AuthContext, CredentialError, read_credential_file
+from auth.credentials import AuthContext, CredentialError, counted_refresh, read_credential_file
 from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -287,6 +287,7 @@ class GoogleOAuthCredential:
             ahead = min(ahead, state.lifetime / 2)
         return state.expires_at - time.time() <= ahead
 
+    @counted_refresh
     async def _refresh(self, rejected: str | None) -> None:
         """Called under the lock. Runs google-auth off the event loop and swaps the state in."""
         started = time.monotonic()

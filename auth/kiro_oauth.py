@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx2
 
-from auth.credentials import AuthContext, CredentialError, read_credential_file
+from auth.credentials import AuthContext, CredentialError, counted_refresh, read_credential_file
 from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -386,6 +386,7 @@ class KiroCredential:
         t = self._token
         return bool(t.access_token) and t.expires_at is not None and t.expires_at > time.time() + 5
 
+    @counted_refresh
     async def _refresh(self, forced: bool) -> None:
         if await asyncio.to_thread(self._adopt_external):
             if not forced and self._fresh():

@@ -208,6 +208,21 @@ class AccountPool:
         acct.state.disabled = reason
         acct.state.disabled_until = until
 
+    def find(self, label: str) -> PoolAccount | None:
+        return next((a for a in self.accounts if a.label == label), None)
+
+    def reset(self, acct: PoolAccount) -> None:
+        """An operator's reset: cooldowns, disables and error streaks are forgotten (totals stay)."""
+        self.recover(acct)
+        st = acct.state
+        st.recent_errors.clear()
+        st.rate_limit_streak = 0
+        st.last_error = st.last_error_at = None
+
+    def enable(self, acct: PoolAccount) -> None:
+        """An operator's enable: the account may serve again; its cooldowns stay as they are."""
+        acct.state.disabled = acct.state.disabled_until = None
+
     def recover(self, acct: PoolAccount) -> None:
         """A successful health check or refresh: the account may serve again."""
         st = acct.state
@@ -237,12 +252,14 @@ class AccountPool:
                     "state": state,
                     "reason": acct.unusable or st.disabled,
                     "cooldown_seconds": cooling,
+                    "disabled_until": st.disabled_until,
                     "in_flight": st.in_flight,
                     "requests": st.requests,
                     "errors": st.errors,
                     "recent_errors": len(st.recent_errors),
                     "consecutive_errors": st.consecutive_errors,
                     "last_error": st.last_error,
+                    "last_error_at": st.last_error_at,
                     "last_success": st.last_success,
                     "usage_windows": st.usage_windows,
                 }

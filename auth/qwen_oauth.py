@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx2
 
-from auth.credentials import AuthContext, CredentialError, read_credential_file
+from auth.credentials import AuthContext, CredentialError, counted_refresh, read_credential_file
 from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -311,6 +311,7 @@ class QwenOAuthCredential:
 
     # -- refresh -------------------------------------------------------------------------------
 
+    @counted_refresh
     async def _refresh(self, failed_token: str | None) -> None:
         """Under self._lock: adopt a newer token from the file, else run the refresh grant."""
         lock = TokenFileLock(self.path)

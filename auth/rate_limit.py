@@ -43,6 +43,10 @@ class SlidingWindow:
     def add(self, now: float) -> None:
         self._times.append(now)
 
+    def used(self, now: float) -> int:
+        """Events inside the window now (read-only: for the dashboard)."""
+        return sum(1 for t in self._times if t > now - self.length)
+
 
 class RequestLimiter:
     """Per-account requests_per_minute / requests_per_day of one provider."""
@@ -100,6 +104,14 @@ class ProviderLimits:
             known = (limits, RequestLimiter(*limits, clock=self._clock))
             self._limiters[provider_id] = known
         return known[1].acquire(account)
+
+    def windows(self, provider_id: str, account: str) -> list[dict[str, float]]:
+        """The account's request windows as {length, used, limit}: what the dashboard shows."""
+        known = self._limiters.get(provider_id)
+        if known is None:
+            return []
+        now = self._clock()
+        return [{"length": w.length, "used": w.used(now), "limit": w.limit} for w in known[1]._windows(account)]
 
     def refusal(self, provider_id: str, provider: Provider, account: str) -> LimitRefusal | None:
         """acquire(), worded for the client: None when the request may go, else what to answer."""

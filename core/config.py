@@ -319,6 +319,11 @@ def check_unique_keys(entries: list[ApiKey], where: str = "api_keys") -> None:
             names[entry.name] = i
 
 
+class MetricsSettings(_Strict):
+    # GET /metrics without a key (for a Prometheus that cannot send one); off: admin key required.
+    public: bool = False
+
+
 class Config(_Strict):
     listen: Listen = Field(default_factory=Listen)
     # Client keys. Empty (and no AICLIENT_API_KEYS in the environment): a key is generated at first
@@ -338,6 +343,7 @@ class Config(_Strict):
     prompt_log: PromptLogSettings = Field(default_factory=PromptLogSettings)
     system_prompt: SystemPromptSettings = Field(default_factory=SystemPromptSettings)
     inspect: InspectSettings = Field(default_factory=InspectSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     retry: Retry = Field(default_factory=Retry)
     cooldown: Cooldown = Field(default_factory=Cooldown)
     fallback: Fallback = Field(default_factory=Fallback)

@@ -1,0 +1,55 @@
+"""Who may operate the gateway: the one place that decides whether a caller is an admin.
+
+ClientAuth puts the matched key's identity in flow.metadata. Until named keys with an `admin` flag
+exist (the client-keys work), every valid key is an admin; then `is_admin` reads that flag and
+nothing else changes.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from addons import replies
+from addons.context import CLIENT_KEY_ID, ROUTE
+
+# Set by ClientAuth once keys have names (branch keys); the short key id stands in until then.
+CLIENT_KEY_NAME = "aiclient.client_key_name"
+CLIENT_KEY = "aiclient.client_key"
+
+
+def is_admin(flow: http.HTTPFlow) -> bool:
+    """Whether the caller's key may see and change the gateway's operation."""
+    if flow.metadata.get(CLIENT_KEY_ID) is None:
+        return False  # no valid key (an open path such as /dashboard or a public /metrics)
+    key = flow.metadata.get(CLIENT_KEY)
+    return bool(getattr(key, "admin", True))
+
+
+def caller_name(flow: http.HTTPFlow) -> str:
+    """The caller for logs and metric labels: the key's name, else its short id; never the key."""
+    return flow.metadata.get(CLIENT_KEY_NAME) or flow.metadata.get(CLIENT_KEY_ID) or "anonymous"
+
+
+def caller_dialect(flow: http.HTTPFlow) -> str:
+    """The error shape the caller of an admin path understands: its SDK's headers tell."""
+    route = flow.metadata.get(ROUTE)
+    if route is not None and route.dialect != "openai_chat":
+        return route.dialect
+    headers = flow.request.headers
+    if "anthropic-version" in headers:
+        return "claude"
+    if "x-goog-api-client" in headers:
+        return "gemini"
+    return "openai_chat"
+
+
+def refusal(flow: http.HTTPFlow, what: str) -> http.Response | None:
+    """None for an admin; else the 401/403 answer in the caller's dialect."""
+    if is_admin(flow):
+        return None
+    dialect = caller_dialect(flow)
+    if flow.metadata.get(CLIENT_KEY_ID) is None:
+        message = f"{what} needs an admin key (Authorization: Bearer <key>)"
+        return replies.error_response(dialect, 401, message, code="invalid_api_key")
+    message = f"{what} needs an admin key; key {caller_name(flow)} is not one"
+    return replies.error_response(dialect, 403, message, code="forbidden")
