@@ -10,7 +10,8 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons import replies
-from addons.context import CLIENT_KEY_ID, ROUTE
+from addons.context import CLIENT_KEY_ID
+from addons.router import dialect_for_path
 
 # Set by ClientAuth once keys have names (branch keys); the short key id stands in until then.
 CLIENT_KEY_NAME = "aiclient.client_key_name"
@@ -30,11 +31,16 @@ def caller_name(flow: http.HTTPFlow) -> str:
     return flow.metadata.get(CLIENT_KEY_NAME) or flow.metadata.get(CLIENT_KEY_ID) or "anonymous"
 
 
+# The gateway's own paths: no dialect in the path, so the caller's headers tell which one it speaks.
+_OWN_PATHS = ("/admin/", "/metrics", "/dashboard", "/pool", "/usage")
+
+
 def caller_dialect(flow: http.HTTPFlow) -> str:
-    """The error shape the caller of an admin path understands: its SDK's headers tell."""
-    route = flow.metadata.get(ROUTE)
-    if route is not None and route.dialect != "openai_chat":
-        return route.dialect
+    """The error shape the caller understands: the path's dialect, and for the gateway's own
+    paths (admin, metrics, ...) the one its SDK's headers announce."""
+    path = flow.request.path.partition("?")[0]
+    if not path.startswith(_OWN_PATHS):
+        return dialect_for_path(path)
     headers = flow.request.headers
     if "anthropic-version" in headers:
         return "claude"

@@ -23,6 +23,7 @@ from mitmproxy import http
 from pydantic import SecretStr
 
 from addons import replies
+from addons.admin import caller_dialect
 from addons.context import CLIENT_KEY, CLIENT_KEY_ID, CLIENT_KEY_NAME, Gateway
 from addons.router import dialect_for_path, is_root_probe, strip_provider_prefix
 from auth.client_keys import ClientKey, Keyring, build_keyring, check_expiry, load_keys_file
@@ -186,7 +187,7 @@ class ClientAuth:
                 return
         reason = "invalid API key" if presented else "missing API key"
         flow.response = replies.error_response(
-            dialect_for_path(req.path),
+            caller_dialect(flow),
             401,
             f"{reason}: send the gateway key as 'Authorization: Bearer <key>', 'x-api-key', 'x-goog-api-key' or ?key=",
             code="invalid_api_key",
