@@ -31,6 +31,7 @@ from addons.flow_inspect import Inspect, SseContentview, mask_header, mask_url
 from auth.client_keys import plain_key_name
 from tests.conftest import CLAUDE_KEY, CLIENT_KEY, OPENAI_KEY, RESPONSES_KEY, Fakes, api_key_providers
 from tests.drivers import MODEL, ClaudeDriver
+from tests.fakes.server import Fault
 
 REPO = Path(__file__).resolve().parents[2]
 MITMWEB = Path(sys.executable).parent / "mitmweb"
@@ -62,6 +63,11 @@ class Web:
 
     def body(self, flow_id: str) -> bytes:
         return httpx2.get(f"{self.api}/flows/{flow_id}/response/content.data", headers=WEB_AUTH, timeout=10).content
+
+    def view(self, flow_id: str, side: str, name: str) -> dict:
+        """A content view of one side of a flow, as mitmweb's UI fetches it."""
+        url = f"{self.api}/flows/{flow_id}/{side}/content/{name}.json"
+        return httpx2.get(url, headers=WEB_AUTH, timeout=10).json()
 
 
 # mitmweb's REST API needs its token (mitmproxy >= 11.1.2); a fixed one instead of the random default.
@@ -190,7 +196,9 @@ def test_no_credential_is_visible_and_flows_can_be_saved(web, fakes):
         assert upstream["body"]["model"] == MODEL
         secret_headers = {k: v for k, v in upstream["headers"].items() if k.lower() in ("authorization", "x-api-key")}
         assert secret_headers and all("********" in v for v in secret_headers.values())
-        assert f.request.headers.get("authorization", f.request.headers.get("x-api-key", "")).endswith("********")
+        # The flow shows the client's own request (its key was removed on arrival), at the gateway's URL.
+        assert not {"authorization", "x-api-key"} & {k.lower() for k in f.request.headers}
+        assert f.request.port == int(web.proxy.rsplit(":", 1)[1]) and f.request.port != 1
 
 
 def test_sse_view_and_masking_helpers():
@@ -209,3 +217,95 @@ def test_sse_view_and_masking_helpers():
     assert mask_header("content-type", "application/json") == "application/json"
     masked = mask_url("https://h/v1/models/x:generateContent?alt=sse&key=AIzaSECRET")
     assert "AIzaSECRET" not in masked and "alt=sse" in masked
+
+
+# -- both sides of every exchange ---------------------------------------------------------------------
+
+
+def gateway_port(web: Web) -> int:
+    return int(web.proxy.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "unary"])
+def test_translated_flow_shows_both_sides(web, fakes, stream):
+    """Client request (Chat) and client response on the flow; the upstream request as sent (Claude
+    Messages, key masked) and the upstream's answer as received in the "Upstream" view."""
+    marker = uuid.uuid4().hex[:10]
+    if stream:
+        received = stream_chat(web.proxy, "claude-custom", f"both sides {marker}")
+    else:
+        r = httpx2.post(
+            f"{web.proxy}/claude-custom/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": f"both sides {marker}"}]},
+            headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            timeout=10,
+        )
+        assert r.status_code == 200
+        received = r.content
+    flow = web.flow(marker)
+    request = flow["request"]
+    # What the client asked, never the reverse-proxy placeholder http://127.0.0.1:1/...
+    assert (request["host"], request["port"], request["path"]) == (
+        "127.0.0.1",
+        gateway_port(web),
+        "/claude-custom/v1/chat/completions",
+    )
+    assert flow["comment"].startswith(f"openai_chat → claude-custom/cl/{MODEL}")
+    client_request = httpx2.get(f"{web.api}/flows/{flow['id']}/request/content.data", headers=WEB_AUTH).json()
+    assert client_request["messages"][0]["content"] == f"both sides {marker}"  # the Chat body the client sent
+    assert web.body(flow["id"]) == received  # the client's response
+
+    upstream_request = web.view(flow["id"], "request", "upstream")
+    text = upstream_request["text"]
+    assert upstream_request["view_name"] == "Upstream"
+    assert f"POST {fakes.claude.url}/v1/messages" in text
+    assert "x-api-key: ********" in text and CLAUDE_KEY not in text
+    assert '"max_tokens"' in text and marker in text  # the Claude Messages body as rendered
+
+    upstream_response = web.view(flow["id"], "response", "upstream")["text"]
+    assert "HTTP 200" in upstream_response
+    if stream:
+        assert "event: message_start" in upstream_response and "content_block_delta" in upstream_response
+    else:
+        assert '"type": "message"' in upstream_response and f"You said: both sides {marker}" in upstream_response
+
+
+def test_locally_answered_flows_say_why(web, fakes):
+    marker = uuid.uuid4().hex[:10]
+    auth = {"authorization": f"Bearer {CLIENT_KEY}"}
+    bad_key = httpx2.post(
+        f"{web.proxy}/v1/chat/completions?m={marker}", json={}, headers={"authorization": "Bearer wrong"}, timeout=10
+    )
+    assert bad_key.status_code == 401
+
+    def ask(text: str) -> httpx2.Response:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+        return httpx2.post(f"{web.proxy}/openai-custom/v1/chat/completions", json=body, headers=auth, timeout=10)
+
+    fakes.openai.faults.append(Fault(status=429, headers={"retry-after": "600"}))
+    try:
+        assert ask(f"upstream limit {marker}").status_code == 429
+        assert ask(f"cooling {marker}").status_code == 429  # answered by the gateway, no upstream call
+    finally:
+        reset = httpx2.post(f"{web.proxy}/admin/accounts/openai-custom/oa/reset", headers=auth, timeout=10)
+        assert reset.status_code == 200
+
+    deadline = time.monotonic() + 10
+    while not (refused := [f for f in web.flows() if marker in f["request"]["path"] and f.get("comment")]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert refused[0]["comment"].startswith("refused 401: invalid API key"), refused[0]["comment"]
+    assert refused[0]["request"]["port"] == gateway_port(web)
+    assert "no upstream request" in web.view(refused[0]["id"], "request", "upstream")["text"]
+
+    upstream_limited = web.flow(f"upstream limit {marker}")
+    assert " · 429 upstream openai-custom answered 429: Rate limit" in upstream_limited["comment"]
+    upstream = web.view(upstream_limited["id"], "response", "upstream")["text"]
+    assert "HTTP 429" in upstream and "retry-after: 600" in upstream
+
+    cooling = web.flow(f"cooling {marker}")
+    assert "· 429 every account of openai-custom is cooling down" in cooling["comment"], cooling["comment"]
+    assert "no upstream request" in web.view(cooling["id"], "request", "upstream")["text"]
+
+    admin_flow = next(f for f in web.flows() if f["request"]["path"] == "/admin/accounts/openai-custom/oa/reset")
+    assert admin_flow["comment"] == "local: admin_account · 200"
