@@ -11,6 +11,14 @@ CONFIG ?= config.yaml
 
 .PHONY: install install-test clients run test lint bench clean
 
+# The dashboard's browser test (tests/e2e/test_dashboard.py) drives Debian's Chromium through
+# Playwright -- never a downloaded browser. Pinned to the version it was tested with; Debian drops
+# superseded security builds from its archive, so when that one is gone the current one is installed
+# (and the Makefile says so). Override with `make test CHROMIUM_VERSION=...`.
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_VERSION ?= 156.0.8078.129-1~deb12u1
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
 # A venv made by another Python (an older checkout's 3.11) is rebuilt.
 $(VENV)/bin/activate: .python-version
 	@test -n "$(PYTHON)" || { echo "Python 3.12+ not found: install 3.13 (pyenv install 3.13.0) or set PYTHON=..."; exit 1; }
@@ -53,7 +61,14 @@ $(CLIENTS)/.installed: clients/package.json clients/package-lock.json
 
 clients: $(CLIENTS)/.installed
 
-test: install-test $(CLIENTS)/.installed
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "install Chromium from your OS packages (tests/e2e/test_dashboard.py needs $(CHROMIUM))"; exit 1; }
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium=$(CHROMIUM_VERSION) \
+		|| { echo "chromium $(CHROMIUM_VERSION) is no longer in the archive; installing the current package"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: install-test $(CLIENTS)/.installed $(CHROMIUM)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

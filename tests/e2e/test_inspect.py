@@ -309,3 +309,8 @@ def test_locally_answered_flows_say_why(web, fakes):
 
     admin_flow = next(f for f in web.flows() if f["request"]["path"] == "/admin/accounts/openai-custom/oa/reset")
     assert admin_flow["comment"] == "local: admin_account · 200"
+
+
+def test_the_comment_column_is_shown(web):
+    options = httpx2.get(f"{web.api}/options", headers=WEB_AUTH, timeout=10).json()
+    assert "comment" in options["web_columns"]["value"]
