@@ -15,7 +15,7 @@ PACKAGES = ("translators", "core", "auth", "providers", "addons", "cli", "datase
 FORBIDDEN = {
     "translators": {"core", "auth", "providers", "addons", "cli", "datasets"},
     "core": {"auth", "providers", "addons", "cli", "datasets"},
-    "auth": {"providers", "addons", "datasets"},
+    "auth": {"providers", "addons", "cli", "datasets"},
     "providers": {"addons", "cli", "datasets"},
     "addons": {"cli", "datasets"},
 }
