@@ -93,19 +93,28 @@ class PoolCollector(Collector):
         failures = CounterMetricFamily(
             "aiclient_token_refresh_failures", "OAuth token refreshes that failed", labels=ACCOUNT_LABELS
         )
+        usage = GaugeMetricFamily(
+            "aiclient_account_usage_percent",
+            "share of a subscription usage window used, as the upstream last reported it (Codex)",
+            labels=["process", "provider", "account", "window"],
+        )
         for pid, pool in self.metrics.gateway.pools.items():
             for row, acct in zip(pool.status(), pool.accounts, strict=True):
                 state = AVAILABILITY.get(row["state"], "disabled")
                 for name in ("available", "cooling", "disabled"):
                     available.add_metric([process, pid, acct.label, name], 1.0 if name == state else 0.0)
                 in_flight.add_metric([process, pid, acct.label], acct.state.in_flight)
+                for window, values in acct.state.usage_windows.items():
+                    percent = values.get("used_percent") if isinstance(values, dict) else None
+                    if isinstance(percent, int | float):
+                        usage.add_metric([process, pid, acct.label, window], float(percent))
                 stats = getattr(acct.credential, "refresh_stats", None) if acct.credential is not None else None
                 if stats is not None:
                     refreshes.add_metric([process, pid, acct.label], stats.attempts)
                     failures.add_metric([process, pid, acct.label], stats.failures)
         streams = GaugeMetricFamily("aiclient_open_streams", "streamed answers being relayed now", labels=["process"])
         streams.add_metric([process], len(self.metrics.open_streams))
-        yield from (available, in_flight, refreshes, failures, streams)
+        yield from (available, in_flight, usage, refreshes, failures, streams)
 
 
 class Metrics:

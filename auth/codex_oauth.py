@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx2
 
-from auth.credentials import AuthContext, CredentialError, read_credential_file
+from auth.credentials import AuthContext, CredentialError, counted_refresh, read_credential_file
 from auth.qwen_oauth import oauth_error_text, read_refusal, write_refusal
 from core.files import write_json_atomic
 
@@ -348,6 +348,7 @@ class CodexCredential:
 
     # -- refresh ---------------------------------------------------------------------------------
 
+    @counted_refresh
     async def _refresh(self, failed_token: str | None) -> None:
         """Under self._lock: adopt a newer login from the file, else run the refresh grant."""
         for _ in range(2):  # a second round only when another process rotated the token meanwhile

@@ -156,3 +156,41 @@ def test_request_windows_are_visible():
     assert limits.windows("openai-qwen-oauth", "a") == [{"length": 60.0, "used": 1, "limit": 2}]
     clock[0] = 61
     assert limits.windows("openai-qwen-oauth", "a")[0]["used"] == 0
+
+
+def test_pool_gauges_are_read_at_scrape_time():
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from addons.context import Gateway
+    from addons.metrics import Metrics
+
+    ready, cooling = PoolAccount("a", object()), PoolAccount("b", object())  # type: ignore[arg-type]
+    gone = PoolAccount("c", None, "no credentials file")
+    pool = AccountPool("codex-oauth", [ready, cooling, gone])
+    pool.report_failure(cooling, "m", "rate_limited", "slow down", retry_after=60)
+    pool.note_usage(ready, {"primary": {"used_percent": 42.0, "window_minutes": 300, "resets_at": None}})
+    gateway = Gateway()
+    gateway.pools = {"codex-oauth": pool}
+    metrics = Metrics(gateway)
+
+    def scrape() -> dict[tuple[str, str, str], float]:
+        """(metric, account, state or window) -> value, for this provider and process."""
+        out = {}
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("provider") == "codex-oauth" and labels["process"] == metrics.process:
+                    key = (sample.name, labels["account"], labels.get("state") or labels.get("window", ""))
+                    out[key] = sample.value
+        return out
+
+    samples = scrape()
+    state = "aiclient_account_available"
+    assert samples[(state, "a", "available")] == 1 and samples[(state, "a", "cooling")] == 0
+    assert samples[(state, "b", "cooling")] == 1 and samples[(state, "b", "available")] == 0
+    assert samples[(state, "c", "disabled")] == 1
+    assert samples[("aiclient_account_usage_percent", "a", "primary")] == 42.0
+    # Pool changes show at the next scrape, with no per-request bookkeeping.
+    pool.reset(cooling)
+    assert scrape()[(state, "b", "available")] == 1
