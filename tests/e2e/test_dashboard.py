@@ -8,6 +8,7 @@ Logs in with a key, watches an account go to "cooling" after the upstream's 429 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ import pytest
 
 from tests.conftest import CLIENT_KEY, Fakes, api_key_providers
 from tests.drivers import MODEL
+from tests.fakes.codex import BASE_PATH as CODEX_BASE_PATH
+from tests.fakes.codex import FakeCodex
 from tests.fakes.server import Fault
 from tests.gateway import GatewayProcess, start_gateway
 
@@ -43,17 +46,33 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
 
 
 @pytest.fixture(scope="module")
-def gw(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def codex() -> Iterator[FakeCodex]:
+    with FakeCodex() as server:
+        server.used_percent["acct-1"] = 42.0
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gw(fakes: Fakes, codex: FakeCodex, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    workdir = tmp_path_factory.mktemp("dashboard")
+    creds = workdir / "codex-auth.json"
+    creds.write_text(json.dumps(codex.auth_file("acct-1")), encoding="utf-8")
+    creds.chmod(0o600)
     config = {
         "api_keys": [CLIENT_KEY],
         "default_provider": "openai-custom",
         "providers": {
             **api_key_providers(fakes),
-            "openai-qwen-oauth": {"accounts": [{"label": "qwen-not-logged-in", "credentials": "missing.json"}]},
+            "openai-codex-oauth": {
+                "base_url": f"{codex.url}{CODEX_BASE_PATH}",
+                "token_url": f"{codex.url}/oauth/token",
+                "accounts": [{"label": "plus", "credentials": str(creds)}],
+            },
+            "openai-qwen-oauth": {"accounts": [{"label": "not-logged-in", "credentials": "missing.json"}]},
         },
         "retry": {"max_wait": 1},
     }
-    gw = start_gateway(tmp_path_factory.mktemp("dashboard"), config)
+    gw = start_gateway(workdir, config)
     yield gw
     gw.stop()
 
@@ -71,16 +90,16 @@ def page(gw: GatewayProcess) -> Iterator[object]:
 
 
 def traffic(gw: GatewayProcess, n: int) -> None:
-    """Some requests from two clients and models, so the charts have something to draw."""
+    """Some requests to three providers and models, so the charts have something to draw."""
     for i in range(n):
-        for provider in ("openai-custom", "claude-custom"):
+        for provider, model in (("openai-custom", MODEL), ("claude-custom", MODEL), ("openai-codex-oauth", "gpt-5.5")):
             r = httpx2.post(
                 f"{gw.url}/{provider}/v1/chat/completions",
-                json={"model": MODEL, "messages": [{"role": "user", "content": f"chart {i} " * (i + 1)}]},
+                json={"model": model, "messages": [{"role": "user", "content": f"chart {i} " * (i + 1)}]},
                 headers={"authorization": f"Bearer {CLIENT_KEY}"},
-                timeout=10,
+                timeout=20,
             )
-            assert r.status_code == 200
+            assert r.status_code == 200, r.text
 
 
 def state_of(page, account: str):
@@ -108,9 +127,12 @@ def test_login_cooling_and_reset(gw: GatewayProcess, fakes: Fakes, page):
     page.click("#login button")
     row = state_of(page, "openai-custom/oa")
     playwright_api.expect(row).to_have_attribute("data-state", "ready")
-    playwright_api.expect(state_of(page, "openai-qwen-oauth/qwen-not-logged-in")).to_have_attribute(
+    playwright_api.expect(state_of(page, "openai-qwen-oauth/not-logged-in")).to_have_attribute(
         "data-state", "unusable"
     )
+    # The subscription usage window Codex reports with every answer.
+    window = state_of(page, "openai-codex-oauth/plus").locator('[data-window="primary"]')
+    playwright_api.expect(window).to_have_text(re.compile(r"^primary \(5 h\): 42 % used, resets in (59 min|1 h)"))
     # The key lives in this tab's sessionStorage and travels as a header, never in a URL.
     assert page.evaluate("sessionStorage.getItem('aiclient.dashboard.key')") == CLIENT_KEY
     assert data_requests and all(CLIENT_KEY not in r.url for r in data_requests)
@@ -128,8 +150,8 @@ def test_login_cooling_and_reset(gw: GatewayProcess, fakes: Fakes, page):
     playwright_api.expect(row).to_have_attribute("data-state", "cooling")
     playwright_api.expect(row.locator(".cooldown")).to_have_text(re.compile(rf"{MODEL}: 1[45] min \d+ s"))
     playwright_api.expect(row.locator("td.err").last).to_contain_text("rate_limited")
-    playwright_api.expect(page.locator("#s-accounts")).to_have_text(re.compile(r"^\d+ / 1 / 1$"))
-    assert int(page.inner_text("#s-hour")) >= 7
+    playwright_api.expect(page.locator("#s-accounts")).to_have_text(re.compile(r"^3 / 1 / 1$"))
+    assert int(page.inner_text("#s-hour")) >= 10
     cooling = screenshot(page, "cooling")
     assert cooling.stat().st_size > 10_000
     if os.environ.get("AICLIENT_DOCS_SCREENSHOT"):
