@@ -43,7 +43,9 @@ COMMENT_ERROR_MAX = 120
 FLOW_SUMMARY = "aiclient.flow"
 MASK = "********"
 # Header names whose values are credentials; also any name containing one of these words.
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key", "cookie"})
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key", "cookie", "set-cookie"}
+)
 _SECRET_WORDS = ("token", "secret", "api-key", "apikey", "session")
 SECRET_QUERY = frozenset({"key", "api_key", "apikey", "access_token", "token"})
 

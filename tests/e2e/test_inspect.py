@@ -214,6 +214,7 @@ def test_sse_view_and_masking_helpers():
     assert mask_header("Authorization", "Bearer sk-123") == "Bearer ********"
     assert mask_header("x-api-key", "sk-123") == "********"
     assert mask_header("x-goog-api-key", "k") == "********"
+    assert mask_header("Set-Cookie", "session=abc") == "********"  # upstream answers are shown too
     assert mask_header("content-type", "application/json") == "application/json"
     masked = mask_url("https://h/v1/models/x:generateContent?alt=sse&key=AIzaSECRET")
     assert "AIzaSECRET" not in masked and "alt=sse" in masked
