@@ -96,8 +96,6 @@ def describe(flow: http.HTTPFlow, *, finished: bool = False) -> str:
             if resp.status_code >= 400:
                 text += f": {_local_reason(resp)}"
         return text
-    if route.provider is None and resp is not None and resp.status_code >= 400:
-        return f"{route.dialect} → ? · refused {resp.status_code}: {_local_reason(resp)}"
     exchange = flow.metadata.get(EXCHANGE)
     provider = getattr(exchange, "provider", None) or route.provider or "?"
     model = getattr(exchange, "model", None) or route.upstream_model or route.model
@@ -119,7 +117,8 @@ def describe(flow: http.HTTPFlow, *, finished: bool = False) -> str:
         if outcome.ttft_ms is not None:
             text += f" (first token {outcome.ttft_ms} ms)"
         if outcome.error:
-            text += f" · {outcome.http_status or ''} {_short(outcome.error)}".replace("  ", " ")
+            status = f"{outcome.http_status} " if outcome.http_status else ""
+            text += f" · {status}{_short(outcome.error)}"
     elif not attempts and resp is not None and resp.status_code >= 400:
         text += f" · refused {resp.status_code}: {_local_reason(resp)}"
     key_name = flow.metadata.get(CLIENT_KEY_NAME)
