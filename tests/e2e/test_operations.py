@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CLAUDE_KEY, CLIENT_KEY, OPENAI_KEY, RESPONSES_KEY, Fakes, api_key_providers
 from tests.drivers import MODEL
+from tests.fakes.openai_chat import FakeOpenAIChat
 from tests.fakes.server import Fault
 from tests.gateway import GatewayProcess, start_gateway
 
@@ -116,16 +117,38 @@ def test_metrics_need_an_admin_key(gw: GatewayProcess):
     assert httpx2.get(f"{gw.url}/metrics", headers={"x-api-key": "nope"}, timeout=10).status_code == 401
 
 
-def test_metrics_can_be_public(fakes: Fakes, tmp_path: Path):
-    public = start_gateway(tmp_path, gateway_config(fakes, metrics={"public": True}))
+def test_metrics_can_be_public_and_count_open_streams(fakes: Fakes, tmp_path: Path):
+    slow = FakeOpenAIChat(api_key=OPENAI_KEY, write_delay=0.15).start()  # a stream that takes a while
+    providers = {
+        "openai-custom": {"base_url": f"{slow.url}/v1", "accounts": [{"label": "slow", "api_key": OPENAI_KEY}]}
+    }
+    public = start_gateway(tmp_path, {**gateway_config(fakes, metrics={"public": True}), "providers": providers})
     try:
         r = httpx2.get(f"{public.url}/metrics", timeout=10)
         assert r.status_code == 200 and "aiclient_account_available" in r.text
         # Only /metrics opens up: everything else still needs a key.
         assert httpx2.get(f"{public.url}/admin/config", timeout=10).status_code == 401
         assert httpx2.get(f"{public.url}/dashboard/data", timeout=10).status_code == 401
+
+        def open_streams() -> float:
+            text = httpx2.get(f"{public.url}/metrics", timeout=10).text
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            return sum(s.value for s in families["aiclient_open_streams"].samples)
+
+        client = openai.OpenAI(base_url=f"{public.url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=30)
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "a slow stream please"}], stream=True
+        )
+        next(iter(stream))
+        assert open_streams() == 1
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        deadline = time.monotonic() + 5
+        while open_streams() != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     finally:
         public.stop()
+        slow.stop()
 
 
 # -- admin API -------------------------------------------------------------------------------------
