@@ -1,8 +1,8 @@
 """Who may operate the gateway: the one place that decides whether a caller is an admin.
 
-ClientAuth puts the matched key's identity in flow.metadata. Until named keys with an `admin` flag
-exist (the client-keys work), every valid key is an admin; then `is_admin` reads that flag and
-nothing else changes.
+ClientAuth puts the matched key (its policy, with the `admin` flag) and its name in flow.metadata:
+plain keys (api_keys strings, AICLIENT_API_KEYS, the generated key) are admins, named entries only
+with `admin: true`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,8 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons import replies
-from addons.context import CLIENT_KEY_ID
+from addons.context import CLIENT_KEY, CLIENT_KEY_ID, CLIENT_KEY_NAME
 from addons.router import dialect_for_path
-
-# Set by ClientAuth once keys have names (branch keys); the short key id stands in until then.
-CLIENT_KEY_NAME = "aiclient.client_key_name"
-CLIENT_KEY = "aiclient.client_key"
 
 
 def is_admin(flow: http.HTTPFlow) -> bool:

@@ -3,7 +3,7 @@
     POST /admin/accounts/{provider}/{label}/reset     clear cooldowns, disables and error streaks
     POST /admin/accounts/{provider}/{label}/disable   {"reason": "..."}: take it out of the pool
     POST /admin/accounts/{provider}/{label}/enable    {"reason": "..."}: let it serve again
-    POST /admin/reload                                re-read config.yaml; a bad file is refused
+    POST /admin/reload                                re-read config.yaml and keys_file; a bad file is refused
     GET  /admin/config                                the effective config, every secret masked
 
 Others get 401/403 in their own dialect; an unknown provider or account is a 404 naming it.
@@ -22,9 +22,11 @@ from mitmproxy import ctx, http
 from mitmproxy.hooks import ConfigureHook
 
 from addons import admin, replies
+from addons.client_auth import ENV_KEYS, env_keys
 from addons.context import ROUTE, Gateway, Route
 from addons.flow_inspect import MASK, mask_url
 from addons.router import admin_account_target
+from auth.client_keys import build_keyring, load_keys_file
 from core.config import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,14 @@ def mask_config(value: Any, key: str = "") -> Any:
     if isinstance(value, str) and value.startswith(("http://", "https://")):
         return mask_url(value)
     return value
+
+
+def validate(path: Path) -> None:
+    """Reads config.yaml and its keys_file as a reload would; ConfigError names the file, key and reason."""
+    config = load_config(path)
+    keys_file = config.keys_file_path(path)
+    entries = load_keys_file(keys_file) if keys_file is not None else []
+    build_keyring([("api_keys", config.api_keys), (ENV_KEYS, env_keys()), ("keys_file", entries)])
 
 
 class AdminApi:
@@ -136,11 +146,11 @@ class AdminApi:
         if path is None:
             return replies.error_response(dialect, 409, "the gateway was started without a config file")
         try:
-            await asyncio.to_thread(load_config, path)  # validate first: a bad file changes nothing
+            await asyncio.to_thread(validate, path)  # first: a bad file changes nothing
         except ConfigError as e:
             logger.warning("aiclient-mitm: admin %s: reload of %s refused: %s", who, path, e)
             return replies.error_response(
-                dialect, 400, f"{path.name} refused, the running configuration stays: {e}", code="invalid_config"
+                dialect, 400, f"reload refused, the running configuration stays: {e}", code="invalid_config"
             )
         # Every addon re-reads what it owns, exactly as at start (pools keep their live state).
         ctx.master.addons.trigger(ConfigureHook({"config"}))

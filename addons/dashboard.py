@@ -82,7 +82,7 @@ class Dashboard:
             },
             "open_streams": len(self.metrics.open_streams),
             "usage_since": book["since"],
-            "tokens_by_key": _totals(book["rows"], "client_key_id"),
+            "tokens_by_key": _totals(book["rows"], "client_key_name"),
             "tokens_by_model": _totals(book["rows"], "model"),
         }
 

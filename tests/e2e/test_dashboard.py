@@ -184,4 +184,4 @@ def test_forget_key_asks_again(gw: GatewayProcess, page):
 def gw_key_id() -> str:
     import hashlib
 
-    return hashlib.sha256(CLIENT_KEY.encode()).hexdigest()[:12]
+    return "key-" + hashlib.sha256(CLIENT_KEY.encode()).hexdigest()[:12]

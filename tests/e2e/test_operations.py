@@ -23,14 +23,16 @@ from tests.fakes.openai_chat import FakeOpenAIChat
 from tests.fakes.server import Fault
 from tests.gateway import GatewayProcess, start_gateway
 
-KEY_ID = hashlib.sha256(CLIENT_KEY.encode()).hexdigest()[:12]
+# A plain key is an admin, named by the short hash of the key (never the key itself).
+KEY_ID = "key-" + hashlib.sha256(CLIENT_KEY.encode()).hexdigest()[:12]
+VIEWER_KEY = "test-viewer-key-4c1e"  # a named key without admin rights
 ADMIN = {"authorization": f"Bearer {CLIENT_KEY}"}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def gateway_config(fakes: Fakes, **extra: object) -> dict:
     return {
-        "api_keys": [CLIENT_KEY],
+        "api_keys": [CLIENT_KEY, {"key": VIEWER_KEY, "name": "viewer"}],
         "default_provider": "openai-custom",
         "providers": api_key_providers(fakes),
         # A long Retry-After is never waited out inside a request.
@@ -169,6 +171,30 @@ def test_admin_endpoints_refuse_without_a_key_in_the_callers_dialect(gw: Gateway
     assert fakes.request_count() == before
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/admin/accounts/openai-custom/oa/reset"),
+        ("POST", "/admin/reload"),
+        ("GET", "/admin/config"),
+        ("GET", "/metrics"),
+        ("GET", "/dashboard/data"),
+    ],
+)
+def test_a_key_without_admin_rights_gets_403_in_its_dialect(gw: GatewayProcess, method: str, path: str):
+    for headers, shape in (
+        ({"authorization": f"Bearer {VIEWER_KEY}"}, lambda b: b["error"]["code"] == "forbidden"),
+        ({"x-api-key": VIEWER_KEY, "anthropic-version": "2023-06-01"}, lambda b: b["type"] == "error"),
+        ({"x-goog-api-key": VIEWER_KEY, "x-goog-api-client": "genai"}, lambda b: b["error"]["status"]),
+    ):
+        r = httpx2.request(method, f"{gw.url}{path}", headers=headers, timeout=10)
+        assert r.status_code == 403, r.text
+        assert shape(r.json()) and "key viewer is not one" in r.text
+    assert f"admin: {method} {path} refused for viewer" in gw.log() or path in ("/metrics", "/dashboard/data")
+    # The same key still does what it may: LLM requests.
+    assert httpx2.get(f"{gw.url}/v1/models", headers={"authorization": f"Bearer {VIEWER_KEY}"}).status_code == 200
+
+
 def test_reset_makes_a_cooling_account_serve_again(gw: GatewayProcess, fakes: Fakes):
     fakes.openai.faults.append(Fault(status=429, headers={"retry-after": "600"}))
     with pytest.raises(openai.RateLimitError):
@@ -247,6 +273,18 @@ def test_reload_applies_a_good_file_and_refuses_a_broken_one(gw: GatewayProcess,
         client.chat.completions.create(model="ops-alias", messages=[{"role": "user", "content": "still"}])
         assert fakes.openai.last_request.json["model"] == f"{MODEL}-reloaded"
         assert "reload of" in gw.log() and "refused" in gw.log()
+
+        # A broken keys_file is refused the same way, and every key keeps working.
+        keys_file = gw.config_path.with_name("keys.yaml")
+        keys_file.write_text("- {key: sk-new-ops-key, name: ops}\n- {key: sk-new-ops-key, name: dup}\n")
+        gw.config_path.write_text(yaml.safe_dump({**config, "keys_file": keys_file.name}), encoding="utf-8")
+        r = post(gw, "/admin/reload")
+        assert r.status_code == 400 and "keys_file.1: the same key as keys_file.0" in r.json()["error"]["message"]
+        client.chat.completions.create(model="ops-alias", messages=[{"role": "user", "content": "keys kept"}])
+        keys_file.write_text("- {key: sk-new-ops-key, name: ops, admin: true}\n")
+        assert post(gw, "/admin/reload").status_code == 200
+        r = httpx2.get(f"{gw.url}/admin/config", headers={"authorization": "Bearer sk-new-ops-key"}, timeout=10)
+        assert r.status_code == 200 and r.json()["keys_file"] == "keys.yaml"
     finally:
         gw.config_path.write_text(original, encoding="utf-8")
         assert post(gw, "/admin/reload").status_code == 200

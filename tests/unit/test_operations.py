@@ -12,7 +12,7 @@ from mitmproxy.test import tflow
 
 from addons import admin
 from addons.admin_api import mask_config
-from addons.context import CLIENT_KEY_ID
+from addons.context import CLIENT_KEY, CLIENT_KEY_ID, CLIENT_KEY_NAME
 from addons.metrics import RateSeries
 from auth.credentials import counted_refresh
 from auth.pool import AccountPool, PoolAccount
@@ -55,7 +55,7 @@ def test_every_valid_key_is_an_admin_until_keys_have_policies():
 def test_a_non_admin_key_gets_403_in_its_own_dialect(headers, shape):
     flow = flow_with(
         headers=headers,
-        **{CLIENT_KEY_ID: "abc123", admin.CLIENT_KEY: NamedKey("ci", False), admin.CLIENT_KEY_NAME: "ci"},
+        **{CLIENT_KEY_ID: "abc123", CLIENT_KEY: NamedKey("ci", False), CLIENT_KEY_NAME: "ci"},
     )
     assert not admin.is_admin(flow)
     refused = admin.refusal(flow, "POST /admin/reload")
@@ -65,7 +65,7 @@ def test_a_non_admin_key_gets_403_in_its_own_dialect(headers, shape):
 
 
 def test_the_caller_is_named_by_key_name_else_short_id():
-    assert admin.caller_name(flow_with(**{CLIENT_KEY_ID: "abc123", admin.CLIENT_KEY_NAME: "ops"})) == "ops"
+    assert admin.caller_name(flow_with(**{CLIENT_KEY_ID: "abc123", CLIENT_KEY_NAME: "ops"})) == "ops"
     assert admin.caller_name(flow_with(**{CLIENT_KEY_ID: "abc123"})) == "abc123"
 
 
