@@ -23,7 +23,7 @@ from google.auth import exceptions as google_exceptions
 from google.auth import transport as google_transport
 from google.oauth2 import service_account
 
-from auth.credentials import AuthContext, CredentialError, read_credential_file
+from auth.credentials import AuthContext, CredentialError, counted_refresh, read_credential_file
 from auth.google_oauth import HttpxTransport
 
 logger = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ class ServiceAccountCredential:
             ahead = min(ahead, token.lifetime / 2)  # a short-lived token must not refresh on every request
         return token.expires_at - time.time() <= ahead
 
+    @counted_refresh
     async def _refresh(self) -> None:
         """Called under the lock: google-auth off the event loop."""
         try:
