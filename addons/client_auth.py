@@ -176,7 +176,11 @@ class ClientAuth:
         if req.method == "OPTIONS" or path in _OPEN_PATHS or is_root_probe(req):
             return
         if presented is not None:
-            candidate = presented.encode()
+            try:
+                # Header and query bytes that are not UTF-8 arrive surrogate-escaped: they match no key.
+                candidate = presented.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                candidate = b""
             key = self.gateway.keyring.match(candidate)
             if key is not None:
                 self._identified(flow, key, candidate)

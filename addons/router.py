@@ -7,7 +7,6 @@ Provider order: path prefix `/<provider-id>/...`, then the `Model-Provider` head
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -16,8 +15,9 @@ from mitmproxy import http
 
 from addons import replies
 from addons.context import ROUTE, Gateway, Route
+from core.body_decode import BodyDecodeError, decode_body
 from core.config import PROVIDER_IDS
-from translators import get_codec
+from translators import get_codec, validate
 from translators.base import TranslationError
 
 logger = logging.getLogger(__name__)
@@ -183,14 +183,17 @@ class Router:
             flow.metadata[ROUTE] = route
             return None
 
-        if len(req.raw_content or b"") > int(self.gateway.config.limits.max_body):
+        limits = self.gateway.config.limits
+        if len(req.raw_content or b"") > int(limits.max_body):
             return self._too_large(flow)
         try:
-            body = json.loads(req.content or b"")
-        except (ValueError, UnicodeDecodeError) as e:
-            return replies.error_response(dialect, 400, f"request body is not valid JSON: {e}")
-        if not isinstance(body, dict):
-            return replies.error_response(dialect, 400, "request body must be a JSON object")
+            raw = self._decoded_body(req, int(limits.max_body))
+            body = validate.load_object(raw, limits.max_depth)
+            validate.check_types(dialect, body)
+        except BodyDecodeError as e:
+            return replies.error_response(dialect, e.status, f"{e} (limits.max_body)" if e.status == 413 else str(e))
+        except validate.InvalidBody as e:
+            return replies.error_response(dialect, 400, str(e), code="invalid_request_error")
         codec = get_codec(dialect)
         parse_body = body
         if endpoint.operation == "count_tokens" and dialect == "claude":
@@ -215,6 +218,20 @@ class Router:
             self._choose_provider(route, prefix, req.headers.get("model-provider"))
         flow.metadata[ROUTE] = route
         return None
+
+    @staticmethod
+    def _decoded_body(req: http.Request, limit: int) -> bytes:
+        """The body without its Content-Encoding, decoded with a running limit (never whole first).
+        The request keeps the decoded bytes and loses the header, so a passthrough upstream gets
+        plain JSON and no later `req.content` decodes anything again."""
+        raw = req.raw_content or b""
+        encoding = req.headers.get("content-encoding", "")
+        if not encoding.strip():
+            return raw
+        decoded = decode_body(raw, encoding, limit)
+        del req.headers["content-encoding"]
+        req.content = decoded  # no encoding header left: stored as is, content-length updated
+        return decoded
 
     def _choose_provider(self, route: Route, prefix: str | None, header: str | None) -> str | None:
         """Fills route.provider and route.upstream_model, or returns why it cannot."""
