@@ -16,6 +16,7 @@ from addons.local_api import LocalApi
 from addons.pools import Pools
 from addons.router import Router
 from addons.system_prompt import SystemPrompt
+from addons.trailers import drop_trailers
 from addons.unanswered import Unanswered
 from addons.upstream import Upstream
 from addons.usage import Usage
@@ -26,6 +27,7 @@ def chain() -> list[object]:
     # Imported here so `python -m addons.prompt_log export` does not import its own module twice.
     from addons.prompt_log import PromptLog
 
+    drop_trailers()
     gateway = Gateway()
     return [
         Lean(),

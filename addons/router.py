@@ -121,6 +121,18 @@ def classify(method: str, path: str, query_alt: str | None) -> Endpoint | None:
     return None
 
 
+def _non_utf8_header(headers: http.Headers) -> str | None:
+    """The name of a header whose bytes are not UTF-8 (mitmproxy keeps them surrogate-escaped); such a
+    value can be neither read as text nor sent on to an upstream."""
+    for name, value in headers.fields:
+        try:
+            name.decode("utf-8")
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return name.decode("ascii", "backslashreplace")
+    return None
+
+
 class Router:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -179,6 +191,9 @@ class Router:
             )
             flow.metadata[ROUTE] = route
             return None
+        bad_header = _non_utf8_header(req.headers)
+        if bad_header is not None:
+            return replies.error_response(dialect, 400, f"header {bad_header!r} is not valid UTF-8")
         if endpoint.method != "POST" or endpoint.operation == "telemetry":
             flow.metadata[ROUTE] = route
             return None

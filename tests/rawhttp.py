@@ -43,8 +43,23 @@ def request_bytes(
     return b"\r\n".join(lines) + b"\r\n\r\n" + payload
 
 
+def _complete(data: bytes) -> bool:
+    """A whole answer is in (its framing says so), even if the server keeps the connection open."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    fields = head.lower()
+    if b"\r\ntransfer-encoding: chunked" in fields:
+        return body.endswith(b"0\r\n\r\n")
+    for line in fields.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":", 1)[1])
+    return False
+
+
 def exchange(url: str, data: bytes, timeout: float = 20.0) -> RawAnswer:
-    """Sends data and reads until the server closes; raises TimeoutError past the timeout."""
+    """Sends data and reads until the answer is complete or the server closes; raises TimeoutError
+    past the timeout."""
     start = time.monotonic()
     deadline = start + timeout
     with socket.create_connection(address(url), timeout=timeout) as sock:
@@ -67,6 +82,8 @@ def exchange(url: str, data: bytes, timeout: float = 20.0) -> RawAnswer:
             if not chunk:
                 break
             received += chunk
+            if _complete(bytes(received)):
+                break
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     status = 0
     if head.startswith(b"HTTP/1.1 ") and head[9:12].isdigit():
