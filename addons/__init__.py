@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from addons.client_auth import ClientAuth
+from addons.client_limits import ClientLimits
 from addons.config_loader import ConfigLoader
 from addons.context import Gateway
 from addons.demo import Demo
@@ -32,6 +33,7 @@ def chain() -> list[object]:
     return [
         Lean(),
         ConfigLoader(gateway),
+        ClientLimits(gateway),
         ClientAuth(gateway),
         Router(gateway),
         # After the Router: the policy needs the model asked for and the provider chosen.

@@ -30,7 +30,9 @@ class BodyDecodeError(Exception):
 
 class BodyTooLarge(BodyDecodeError):
     def __init__(self, limit: int, encoding: str) -> None:
-        super().__init__(413, f"request body decoded from {encoding} is larger than the gateway's limit of {limit} bytes")
+        super().__init__(
+            413, f"request body decoded from {encoding} is larger than the gateway's limit of {limit} bytes"
+        )
 
 
 def _zlib_steps(data: bytes, limit: int, wbits: int) -> bytes:

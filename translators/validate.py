@@ -132,7 +132,7 @@ class _GeminiContent(_Loose):
 
 class GeminiRequest(_Loose):
     contents: list[_GeminiContent] | _GeminiContent | None = None
-    systemInstruction: _GeminiContent | StrictStr | None = None  # noqa: N815 - the wire name
+    systemInstruction: _GeminiContent | StrictStr | None = None
     system_instruction: _GeminiContent | StrictStr | None = None
 
 
