@@ -187,6 +187,22 @@ def check_types(dialect: str, body: dict[str, Any]) -> None:
     try:
         model.model_validate(body)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, str) or not p[:1].isupper() or "[" in p)
-        raise InvalidBody(f"{loc or '(body)'}: {first['msg']}") from None
+        # A union reports one error per member; the deepest is the one that names the real field.
+        worst = max(e.errors(), key=lambda err: len(_field_path(err["loc"])))
+        raise InvalidBody(f"{_field_path(worst['loc']) or '(body)'}: {worst['msg']}") from None
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """`contents[0].role` from pydantic's loc, without the union member tags it adds."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _TYPE_TAGS or "[" in part or part.startswith(("_", "function-")) or part[:1].isupper():
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
