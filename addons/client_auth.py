@@ -164,10 +164,7 @@ class ClientAuth:
         try:
             self._check(flow)
         except Exception:
-            logger.exception("aiclient-mitm: client authentication failed unexpectedly")
-            flow.response = replies.error_response(
-                dialect_for_path(flow.request.path), 500, "internal error while checking the client key"
-            )
+            flow.response = replies.internal_error(dialect_for_path(flow.request.path), "checking the client key")
 
     def _check(self, flow: http.HTTPFlow) -> None:
         req = flow.request

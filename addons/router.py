@@ -151,10 +151,7 @@ class Router:
         try:
             flow.response = self._route(flow)
         except Exception:
-            logger.exception("aiclient-mitm: routing failed unexpectedly")
-            flow.response = replies.error_response(
-                dialect_for_path(flow.request.path), 500, "internal error while routing the request"
-            )
+            flow.response = replies.internal_error(dialect_for_path(flow.request.path), "routing the request")
 
     def _too_large(self, flow: http.HTTPFlow) -> http.Response:
         limit = int(self.gateway.config.limits.max_body)

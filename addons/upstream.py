@@ -200,8 +200,7 @@ class Upstream:
         try:
             flow.response = await self._serve(flow, route)
         except Exception:
-            logger.exception("aiclient-mitm: upstream dispatch failed unexpectedly")
-            flow.response = replies.error_response(route.dialect, 500, "internal error while calling the upstream")
+            flow.response = replies.internal_error(route.dialect, "calling the upstream")
         finally:
             # An attempt that raised (or was cancelled with its client) still holds its account;
             # a relayed one is released when the relay ends the stream.
