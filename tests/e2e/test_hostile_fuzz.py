@@ -271,3 +271,31 @@ def test_fuzzed_requests_never_500_hang_or_leak(fuzz_gateway: GatewayProcess, fa
     assert fuzz_gateway.proc.poll() is None
     assert rss < MAX_RSS_MB
     assert "Traceback" not in fuzz_gateway.log(), fuzz_gateway.log()[-3000:]
+
+
+CHAT_BODY = json.dumps(SEEDS["/v1/chat/completions"]).encode()
+AUTH_JSON = [(b"authorization", f"Bearer {CLIENT_KEY}".encode()), (b"content-type", b"application/json")]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+def test_encoded_body_is_forwarded_decoded_and_a_bomb_is_413(
+    fuzz_gateway: GatewayProcess, fakes: Fakes, coding: str
+) -> None:
+    compress = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress, "zstd": zstd.compress}[coding]
+    headers = [*AUTH_JSON, (b"content-encoding", coding.encode())]
+    answer = exchange(fuzz_gateway.url, request_bytes("POST", b"/v1/chat/completions", headers, compress(CHAT_BODY)))
+    assert answer.status == 200, answer.body[:300]
+    sent = fakes.openai.requests[-1]
+    assert "content-encoding" not in {k.lower() for k in sent.headers} and sent.json["messages"]
+
+    before = fakes.request_count()
+    bomb = compress(b'{"model": "' + b"a" * (50 * 1024 * 1024) + b'"}')  # 50 MiB decoded, ~50 KiB sent
+    answer = exchange(fuzz_gateway.url, request_bytes("POST", b"/v1/chat/completions", headers, bomb))
+    assert answer.status == 413 and b"limits.max_body" in answer.body
+    assert fakes.request_count() == before
+
+
+def test_chunked_request_with_trailers_is_answered(fuzz_gateway: GatewayProcess) -> None:
+    data = request_bytes("POST", b"/v1/chat/completions", AUTH_JSON, CHAT_BODY, framing="trailers")
+    answer = exchange(fuzz_gateway.url, data, timeout=10)
+    assert answer.status == 200
