@@ -33,14 +33,15 @@ class InvalidBody(ValueError):
 
 
 def nesting_depth_exceeds(body: bytes, max_depth: int) -> bool:
-    """True when brackets outside strings nest deeper than max_depth. Runs in C except for one
-    step per bracket, and stops at the first chunk that goes too deep."""
+    """True when brackets outside strings nest deeper than max_depth. Strings are cut out and
+    everything but brackets dropped in C; the running depth costs one C-level step per bracket and
+    stops at the first chunk that goes too deep (worst case, 20 MB of `[],[],...`: ~3 s)."""
     skeleton = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
     depth = 0
     for start in range(0, len(skeleton), _SCAN_CHUNK):
         steps = skeleton[start : start + _SCAN_CHUNK].translate(_DEPTH_STEP)
-        # \x01 = +1, \xff = -1 (as a signed byte)
-        running = list(accumulate((b if b < 128 else b - 256 for b in steps), initial=depth))
+        # \x01 = +1, \xff = -1 as signed bytes: the running sum is the depth.
+        running = list(accumulate(memoryview(steps).cast("b"), initial=depth))
         if max(running) > max_depth:
             return True
         depth = running[-1]
