@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from addons.admin_api import AdminApi
 from addons.client_auth import ClientAuth
+from addons.client_limits import ClientLimits
 from addons.config_loader import ConfigLoader
 from addons.context import Gateway
 from addons.dashboard import Dashboard
@@ -19,6 +20,7 @@ from addons.metrics import Metrics
 from addons.pools import Pools
 from addons.router import Router
 from addons.system_prompt import SystemPrompt
+from addons.trailers import drop_trailers
 from addons.unanswered import Unanswered
 from addons.upstream import Upstream
 from addons.usage import Usage
@@ -29,6 +31,7 @@ def chain() -> list[object]:
     # Imported here so `python -m addons.prompt_log export` does not import its own module twice.
     from addons.prompt_log import PromptLog
 
+    drop_trailers()
     gateway = Gateway()
     usage = Usage(gateway)
     metrics = Metrics(gateway)
@@ -36,6 +39,7 @@ def chain() -> list[object]:
     return [
         Lean(),
         ConfigLoader(gateway),
+        ClientLimits(gateway),
         ClientAuth(gateway),
         Router(gateway),
         # After the Router: the policy needs the model asked for and the provider chosen.

@@ -166,10 +166,7 @@ class ClientAuth:
         try:
             self._check(flow)
         except Exception:
-            logger.exception("aiclient-mitm: client authentication failed unexpectedly")
-            flow.response = replies.error_response(
-                dialect_for_path(flow.request.path), 500, "internal error while checking the client key"
-            )
+            flow.response = replies.internal_error(dialect_for_path(flow.request.path), "checking the client key")
 
     def _check(self, flow: http.HTTPFlow) -> None:
         req = flow.request
@@ -180,7 +177,11 @@ class ClientAuth:
         if path == "/metrics" and self.gateway.config.metrics.public and presented is None:
             return
         if presented is not None:
-            candidate = presented.encode()
+            try:
+                # Header and query bytes that are not UTF-8 arrive surrogate-escaped: they match no key.
+                candidate = presented.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                candidate = b""
             key = self.gateway.keyring.match(candidate)
             if key is not None:
                 self._identified(flow, key, candidate)

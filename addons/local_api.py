@@ -35,8 +35,7 @@ class LocalApi:
         try:
             flow.response = handler(route)
         except Exception:
-            logger.exception("aiclient-mitm: local endpoint %s failed", route.operation)
-            flow.response = replies.error_response(route.dialect, 500, f"internal error in {route.operation}")
+            flow.response = replies.internal_error(route.dialect, f"answering {route.operation}")
 
     def _op_preflight(self, route: Route) -> http.Response:
         return http.Response.make(204, b"", replies.CORS_HEADERS)

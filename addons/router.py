@@ -7,7 +7,6 @@ Provider order: path prefix `/<provider-id>/...`, then the `Model-Provider` head
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import re
 import urllib.parse
@@ -17,8 +16,9 @@ from mitmproxy import http
 
 from addons import replies
 from addons.context import ROUTE, Gateway, Route
+from core.body_decode import BodyDecodeError, decode_body
 from core.config import PROVIDER_IDS
-from translators import get_codec
+from translators import get_codec, validate
 from translators.base import TranslationError
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,18 @@ def classify(method: str, path: str, query_alt: str | None) -> Endpoint | None:
     return None
 
 
+def _non_utf8_header(headers: http.Headers) -> str | None:
+    """The name of a header whose bytes are not UTF-8 (mitmproxy keeps them surrogate-escaped); such a
+    value can be neither read as text nor sent on to an upstream."""
+    for name, value in headers.fields:
+        try:
+            name.decode("utf-8")
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return name.decode("ascii", "backslashreplace")
+    return None
+
+
 class Router:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -161,10 +173,7 @@ class Router:
         try:
             flow.response = self._route(flow)
         except Exception:
-            logger.exception("aiclient-mitm: routing failed unexpectedly")
-            flow.response = replies.error_response(
-                dialect_for_path(flow.request.path), 500, "internal error while routing the request"
-            )
+            flow.response = replies.internal_error(dialect_for_path(flow.request.path), "routing the request")
 
     def _too_large(self, flow: http.HTTPFlow) -> http.Response:
         limit = int(self.gateway.config.limits.max_body)
@@ -201,18 +210,24 @@ class Router:
             )
             flow.metadata[ROUTE] = route
             return None
+        bad_header = _non_utf8_header(req.headers)
+        if bad_header is not None:
+            return replies.error_response(dialect, 400, f"header {bad_header!r} is not valid UTF-8")
         if endpoint.method != "POST" or endpoint.operation in _NOT_LLM:
             flow.metadata[ROUTE] = route
             return None
 
-        if len(req.raw_content or b"") > int(self.gateway.config.limits.max_body):
+        limits = self.gateway.config.limits
+        if len(req.raw_content or b"") > int(limits.max_body):
             return self._too_large(flow)
         try:
-            body = json.loads(req.content or b"")
-        except (ValueError, UnicodeDecodeError) as e:
-            return replies.error_response(dialect, 400, f"request body is not valid JSON: {e}")
-        if not isinstance(body, dict):
-            return replies.error_response(dialect, 400, "request body must be a JSON object")
+            raw = self._decoded_body(req, int(limits.max_body))
+            body = validate.load_object(raw, limits.max_depth)
+            validate.check_types(dialect, body)
+        except BodyDecodeError as e:
+            return replies.error_response(dialect, e.status, f"{e} (limits.max_body)" if e.status == 413 else str(e))
+        except validate.InvalidBody as e:
+            return replies.error_response(dialect, 400, str(e), code="invalid_request_error")
         codec = get_codec(dialect)
         parse_body = body
         if endpoint.operation == "count_tokens" and dialect == "claude":
@@ -237,6 +252,20 @@ class Router:
             self._choose_provider(route, prefix, req.headers.get("model-provider"))
         flow.metadata[ROUTE] = route
         return None
+
+    @staticmethod
+    def _decoded_body(req: http.Request, limit: int) -> bytes:
+        """The body without its Content-Encoding, decoded with a running limit (never whole first).
+        The request keeps the decoded bytes and loses the header, so a passthrough upstream gets
+        plain JSON and no later `req.content` decodes anything again."""
+        raw = req.raw_content or b""
+        encoding = req.headers.get("content-encoding", "")
+        if not encoding.strip():
+            return raw
+        decoded = decode_body(raw, encoding, limit)
+        del req.headers["content-encoding"]
+        req.content = decoded  # no encoding header left: stored as is, content-length updated
+        return decoded
 
     def _choose_provider(self, route: Route, prefix: str | None, header: str | None) -> str | None:
         """Fills route.provider and route.upstream_model, or returns why it cannot."""

@@ -237,6 +237,14 @@ class StreamRelay(_Observer):
             out = b""
         before = self.upstream_error
         self._watch(b"")
+        error = self.upstream_error
+        if before is None and error is not None and self.dialect != "openai_responses":
+            # Only at its end did the decoder find the stream unfinished (cut short, or not the
+            # stream its content type claims): the client gets the in-band error, not a clean end.
+            # (Responses clients get theirs from _sdk_error_tail.)
+            out += errors.stream_error_frame(
+                self.dialect, _UPSTREAM_FAILED, error.message, gemini_json=self.gemini_json
+            )
         out += self._sdk_error_tail(before)
         self.emitted(out)
         return out

@@ -139,7 +139,4 @@ class SystemPrompt:
             if apply_system_prompt(route.request, self.settings, text):
                 route.ir_modified = True
         except Exception:
-            logger.exception("aiclient-mitm: applying the system prompt failed")
-            flow.response = replies.error_response(
-                route.dialect, 500, "internal error while applying the system prompt"
-            )
+            flow.response = replies.internal_error(route.dialect, "applying the system prompt")

@@ -202,8 +202,11 @@ class Upstream:
         try:
             flow.response = await self._serve(flow, route)
         except Exception:
-            logger.exception("aiclient-mitm: upstream dispatch failed unexpectedly")
-            flow.response = replies.error_response(route.dialect, 500, "internal error while calling the upstream")
+            flow.response = replies.internal_error(route.dialect, "calling the upstream")
+        finally:
+            # An attempt that raised (or was cancelled with its client) still holds its account;
+            # a relayed one is released when the relay ends the stream.
+            _release_unrelayed(flow)
 
     def _candidates(self, route: Route) -> list[tuple[str, str]]:
         """(provider, upstream model): the routed one, then fallback providers, then fallback models."""
@@ -493,6 +496,10 @@ class Upstream:
         assert up is not None
         upstream_streamed = route.stream or up.stream_only
         if exchange.passthrough and not upstream_streamed:
+            # Relayed as it came, but only if it is what it claims to be: a JSON object (anything
+            # else -- an HTML page, a cut body -- is the upstream's failure, not a 200).
+            if not isinstance(json.loads(content), dict):
+                raise ValueError("the answer is not a JSON object")
             return http.Response.make(
                 200, content, {"content-type": content_type or "application/json", **replies.CORS_HEADERS}
             )
@@ -660,6 +667,14 @@ class Upstream:
         exchange: Exchange | None = flow.metadata.get(EXCHANGE)
         if exchange is not None and exchange.relay_token is not None:
             self._relay.drop(exchange.relay_token)
+
+
+def _release_unrelayed(flow: http.HTTPFlow) -> None:
+    """Frees the account of the flow's last attempt unless the relay is streaming it (release is
+    idempotent, so an attempt already released on its normal path is left as it is)."""
+    exchange: Exchange | None = flow.metadata.get(EXCHANGE)
+    if exchange is not None and not exchange.relayed:
+        exchange.release()
 
 
 # -- optional adapter hooks (an adapter that lacks them gets the generic behaviour) -------------------

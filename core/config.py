@@ -191,8 +191,22 @@ class Fallback(_Strict):
 
 
 class Limits(_Strict):
-    # Largest request body accepted; larger ones get 413 in the caller's dialect.
+    # Largest request body accepted, before and after undoing its Content-Encoding (gzip, deflate, br,
+    # zstd are decoded with a running limit); larger ones get 413 in the caller's dialect.
     max_body: ByteSize = ByteSize(20 * 1024 * 1024)
+    # Deepest JSON nesting accepted ([ and { levels); deeper bodies get 400 before they are parsed.
+    max_depth: Annotated[int, Field(ge=8, le=1000)] = 64
+    # Seconds a client has to send a whole request head, from connect (or from the end of the
+    # previous answer on a keep-alive connection, see idle_timeout).
+    header_timeout: Annotated[float, Field(gt=0)] = 10.0
+    # Seconds without a byte while a request body is being received.
+    body_timeout: Annotated[float, Field(gt=0)] = 60.0
+    # Seconds a keep-alive connection may sit idle after an answer before the next request head is in.
+    idle_timeout: Annotated[float, Field(gt=0)] = 120.0
+    # Seconds an answer may make no progress toward a slow reader (mitmproxy's tcp_timeout).
+    write_timeout: Annotated[float, Field(gt=0)] = 300.0
+    # Open client connections; past it new connections are closed at once.
+    max_connections: Annotated[int, Field(ge=1)] = 1000
 
 
 class Images(_Strict):
