@@ -19,6 +19,7 @@ from addons.local_api import LocalApi
 from addons.metrics import Metrics
 from addons.pools import Pools
 from addons.router import Router
+from addons.shared_state import SharedState
 from addons.system_prompt import SystemPrompt
 from addons.trailers import drop_trailers
 from addons.unanswered import Unanswered
@@ -49,6 +50,7 @@ def chain() -> list[object]:
         # Before LocalApi: a provider with a real countTokens endpoint counts instead of the estimate.
         RemoteCountTokens(gateway),
         LocalApi(gateway),
+        SharedState(gateway),
         Pools(gateway),
         # After Pools: the demo is on when none of their accounts is usable.
         Demo(gateway),

@@ -11,6 +11,7 @@ from typing import Any
 
 from auth.client_keys import ClientKey, KeyLimits, Keyring
 from auth.pool import AccountPool
+from auth.state import LocalState, StateBackend
 from core.config import Config
 from translators import ir
 
@@ -42,6 +43,8 @@ class Gateway:
     # The built-in demo provider (addons/demo.py): "implicit" when no provider has a usable account
     # (every request is served canned), "explicit" with default_provider: demo, else None.
     demo: str | None = None
+    # Cooldowns, counters, usage, affinity and refresh locks shared with other processes (config `state`).
+    state: StateBackend = field(default_factory=LocalState)
 
 
 @dataclass(slots=True)

@@ -45,8 +45,17 @@ class LocalApi:
 
     def _op_health(self, route: Route) -> http.Response:
         config = self.gateway.config
+        # status stays "ok" while shared state is degraded: the process serves from its own memory.
+        state = self.gateway.state.describe()
         return replies.json_response(
-            200, {"status": "ok", "version": VERSION, "providers": config.configured_providers()}
+            200,
+            {
+                "status": "ok",
+                "version": VERSION,
+                "providers": config.configured_providers(),
+                "state": state["state"],
+                "state_backend": state["backend"],
+            },
         )
 
     def _op_telemetry(self, route: Route) -> http.Response:

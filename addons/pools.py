@@ -5,6 +5,10 @@ snapshot so cooldowns and disabled reasons survive a restart, and runs one async
 while mitmproxy runs: tokens near expiry are refreshed ahead -- idle and cooling accounts too,
 so an idle gateway never wakes up with every token expired -- optional health checks recover
 accounts, and the snapshot is written atomically whenever the state changed.
+
+With a shared state backend (redis), every change of an account's cooldown/disabled state is
+published, other processes' changes are applied to the local pools (a mirror: choosing an
+account never waits for Redis), and refreshes of one account take the cluster-wide lock.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from addons.context import ROUTE, Gateway, Route
 from auth.accounts import expand_accounts
 from auth.credentials import CredentialError
 from auth.pool import AccountPool, CooldownRules, PoolAccount
+from auth.state import Record, StateBackend
 from core.files import read_json, write_json_atomic
 from providers import ADAPTERS
 from translators import ir
@@ -40,6 +45,9 @@ class Pools:
         self._tasks: set[asyncio.Task[None]] = set()
         self._saved: dict | None = None
         self._last_check: dict[str, float] = {}
+        self._wired: StateBackend | None = None
+        # Account changes Redis did not take (it was down): sent again on resync.
+        self._unsent: set[tuple[str, str]] = set()
 
     def state_dir(self) -> Path:
         return self.gateway.config.state_path(self.gateway.config_path)
@@ -74,6 +82,71 @@ class Pools:
             pools[pid] = pool
         self.gateway.pools = pools
         self._saved = self._snapshot()
+        self._share()
+
+    # -- shared state ----------------------------------------------------------------------------
+
+    def _share(self) -> None:
+        """Wires the pools to the state backend: publish our changes, apply the others', one refresh."""
+        state = self.gateway.state
+        if not state.shared:
+            return
+        if self._wired is not state:
+            self._wired = state
+            state.on_account(self._apply)
+            state.on_resync(self._resync)
+        for pid, pool in self.gateway.pools.items():
+            pool.on_change = self._publisher(pid)
+            for acct in pool.accounts:
+                if acct.credential is not None and getattr(acct.credential, "refreshable", False):
+                    # Credentials that refresh take the cluster-wide lock of their account.
+                    with contextlib.suppress(AttributeError):
+                        acct.credential.cluster_lock = state.refresh_lock
+                        acct.credential.cluster_name = f"{pid}:{acct.label}"
+        with contextlib.suppress(RuntimeError):  # a live reload: take the cluster's view now
+            self._spawn(self._resync())
+
+    def _publisher(self, pid: str):
+        def publish(acct: PoolAccount) -> None:
+            with contextlib.suppress(RuntimeError):  # no loop (unit use): nothing to share with
+                self._spawn(self._put(pid, acct))
+
+        return publish
+
+    async def _put(self, pid: str, acct: PoolAccount) -> None:
+        pool = self.gateway.pools.get(pid)
+        if pool is None:
+            return
+        if await self.gateway.state.put_account(pid, acct.label, pool.shared_record(acct)):
+            self._unsent.discard((pid, acct.label))
+        else:
+            self._unsent.add((pid, acct.label))
+
+    def _apply(self, pid: str, label: str, record: Record) -> None:
+        pool = self.gateway.pools.get(pid)
+        if pool is not None and pool.apply_shared(label, record):
+            logger.debug("aiclient-mitm: %s/%s updated from another process", pid, label)
+
+    async def _resync(self) -> None:
+        """After (re)connecting: take the cluster's newer records, then send what Redis missed."""
+        shared = await self.gateway.state.accounts()
+        if shared is None:
+            return
+        for pid, records in shared.items():
+            for label, record in records.items():
+                self._apply(pid, label, record)
+        for pid, label in list(self._unsent):
+            pool = self.gateway.pools.get(pid)
+            acct = next((a for a in pool.accounts if a.label == label), None) if pool else None
+            if acct is not None:
+                await self._put(pid, acct)
+            else:
+                self._unsent.discard((pid, label))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name="aiclient-pool-share")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- background work -------------------------------------------------------------------------
 

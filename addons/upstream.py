@@ -27,6 +27,7 @@ from mitmproxy import http
 from tenacity import wait_exponential_jitter
 
 from addons import replies
+from addons.affinity import session_key
 from addons.context import EXCHANGE, ROUTE, Gateway, Route
 from addons.flow_inspect import mask_header
 from addons.images import inline_remote_images
@@ -48,6 +49,17 @@ logger = logging.getLogger(__name__)
 
 # Failures that are the request's fault: another account would fail the same way.
 NO_FAILOVER = frozenset({"bad_request", "context_too_long", "not_found"})
+# flow.metadata: the request's session affinity (Affinity), set by Upstream for its own later hooks.
+AFFINITY = "aiclient.affinity"
+
+
+@dataclass(slots=True)
+class Affinity:
+    """The conversation a request belongs to (for its provider) and the account it is bound to."""
+
+    session: str  # "<provider>|<session key>"
+    provider: str
+    bound: str | None
 
 
 @dataclass(slots=True)
@@ -80,6 +92,8 @@ class Exchange:
     dialect: str = ""
     # The upstream's last unary answer as received (status, headers, body): for the inspector.
     upstream_response: Any = None
+    # The request's conversation (session affinity), bound to this account when the attempt succeeds.
+    affinity: Affinity | None = None
 
     @property
     def account(self) -> str:
@@ -136,6 +150,7 @@ class Upstream:
         self._client: httpx2.AsyncClient | None = None  # remote images to inline (addons/images.py)
         self._http1 = Http1Client()  # every upstream request: the hot path
         self._relay = LoopbackRelay()  # serves opened streams to mitmproxy
+        self._binds: set[asyncio.Task[None]] = set()  # affinity bindings of streams that ended well
         self._proxied: dict[str, httpx2.AsyncClient] = {}  # image fetches through outbound proxies
         self._proxies: dict[tuple[str, str], str | None] = {}  # (provider, account) -> its proxy
         self._proxy_config: object | None = None
@@ -230,15 +245,18 @@ class Upstream:
         seen: set[tuple[str, str]] = set()
         return [c for c in out if c[0] in configured and c[0] in ADAPTERS and not (c in seen or seen.add(c))]
 
-    def _pick(self, route: Route, tried: set[tuple[str, str]]) -> tuple[str, str, PoolAccount] | _Unavailable:
+    def _pick(
+        self, route: Route, tried: set[tuple[str, str]], affinity: Affinity | None = None
+    ) -> tuple[str, str, PoolAccount] | _Unavailable:
         unavailable = _Unavailable()
         for provider, model in self._candidates(route):
             pool = self.gateway.pools.get(provider)
             if pool is None:
                 continue
             exclude = {label for p, label in tried if p == provider}
+            prefer = affinity.bound if affinity is not None and affinity.provider == provider else None
             try:
-                return provider, model, pool.acquire(model, exclude)
+                return provider, model, pool.acquire(model, exclude, prefer)
             except AllCoolingDown as e:
                 current = unavailable.retry_after
                 unavailable.retry_after = e.retry_after if current is None else min(current, e.retry_after)
@@ -261,9 +279,10 @@ class Upstream:
         retry = self.gateway.config.retry
         tried = tried if tried is not None else set()
         attempts = attempts if attempts is not None else []
+        affinity = await self._affinity(flow, route)
         waited = 0.0
         for round_no in range(retry.max_attempts):
-            pick = self._pick(route, tried)
+            pick = self._pick(route, tried, affinity)
             if isinstance(pick, _Unavailable) and tried:
                 # Accounts that failed in this request are tried again only after their cooldown,
                 # when it ends within retry.max_wait (a short Retry-After on a single account).
@@ -294,12 +313,14 @@ class Upstream:
                 continue
             if problem is not None:
                 return problem
+            exchange.affinity = affinity
             answer, failure = await self._attempt(flow, route, exchange)
             if exchange.relayed:
                 return None  # the relay job releases the account when the stream ends
             exchange.release()
             if failure is None:
                 exchange.pool.report_success(member, model)
+                await self._bind(exchange)
                 return answer
             self._report(exchange, failure)
             if failure.kind in NO_FAILOVER:
@@ -307,6 +328,30 @@ class Upstream:
             tried.add((provider, member.label))
             last = answer
         return last
+
+    async def _affinity(self, flow: http.HTTPFlow, route: Route) -> Affinity | None:
+        """The request's session and the account its conversation is bound to (config `affinity`)."""
+        found: Affinity | None = flow.metadata.get(AFFINITY)
+        if found is not None or not self.gateway.config.affinity.enabled or route.provider is None:
+            return found
+        key = session_key(route.dialect, route.body, flow.request.headers)
+        if key is None:
+            return None
+        session = f"{route.provider}|{key}"
+        found = Affinity(session, route.provider, await self.gateway.state.bound(session))
+        flow.metadata[AFFINITY] = found
+        return found
+
+    async def _bind(self, exchange: Exchange) -> None:
+        """A turn succeeded: its conversation stays on this account (re-bound after a fail-over)."""
+        affinity = exchange.affinity
+        if affinity is None or affinity.provider != exchange.provider:
+            return
+        try:
+            await self.gateway.state.bind(affinity.session, exchange.account, self.gateway.config.affinity.ttl)
+            affinity.bound = exchange.account
+        except Exception:
+            logger.exception("aiclient-mitm: could not record the session's account")
 
     async def _prepare(
         self, flow: http.HTTPFlow, route: Route, provider: str, model: str, member: PoolAccount, attempts: list[str]
@@ -618,6 +663,10 @@ class Upstream:
         adapted = _stream_failure(exchange, error) if error is not None else None
         if error is None:
             exchange.pool.report_success(exchange.member, exchange.model)
+            if exchange.affinity is not None:
+                task = asyncio.get_running_loop().create_task(self._bind(exchange), name="aiclient-affinity")
+                self._binds.add(task)
+                task.add_done_callback(self._binds.discard)
         elif adapted is not None:
             self._report(exchange, adapted)
         elif error.status in (429, 529, 500, 502, 503, 504):

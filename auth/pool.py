@@ -49,6 +49,8 @@ class AccountState:
     # What the upstream last said about the account's own usage limits, by window name, e.g.
     # {"primary": {"used_percent": 40.0, "window_minutes": 300, "resets_at": 1767225600}}.
     usage_windows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # When the shared part (see AccountPool.shared_record) last changed, here or in another process.
+    changed_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -97,11 +99,17 @@ class AccountPool:
         self.rules = rules or CooldownRules()
         self.clock = clock
         self._turn = itertools.count()
+        # Told about every change of an account's shared state (the state backend publishes it).
+        self.on_change: Callable[[PoolAccount], None] | None = None
+        self._by_label = {acct.label: acct for acct in accounts}
 
     # -- choosing ------------------------------------------------------------------------------
 
-    def acquire(self, model: str, exclude: frozenset[str] | set[str] = frozenset()) -> PoolAccount:
-        """The next account for `model`, marked in flight; release() it when the attempt is over."""
+    def acquire(
+        self, model: str, exclude: frozenset[str] | set[str] = frozenset(), prefer: str | None = None
+    ) -> PoolAccount:
+        """The next account for `model`, marked in flight; release() it when the attempt is over.
+        `prefer` (session affinity) is taken when it is usable, else the strategy picks."""
         now = self.clock()
         usable: list[PoolAccount] = []
         waits: list[float] = []
@@ -133,7 +141,9 @@ class AccountPool:
             if waits:
                 raise AllCoolingDown(self.provider, model, max(1.0, min(waits)), last_errors)
             raise NoUsableAccount(self.provider, reasons)
-        chosen = self._pick(usable)
+        chosen = next((a for a in usable if a.label == prefer), None) if prefer is not None else None
+        if chosen is None:
+            chosen = self._pick(usable)
         chosen.state.in_flight += 1
         chosen.state.requests += 1
         chosen.state.last_used = now
@@ -153,10 +163,14 @@ class AccountPool:
 
     def report_success(self, acct: PoolAccount, model: str) -> None:
         st = acct.state
+        # Only a real change is shared (the usual success changes nothing shared: no publish).
+        changed = st.consecutive_errors != 0 or st.rate_limit_streak != 0 or model in st.cooldown_until
         st.consecutive_errors = 0
         st.rate_limit_streak = 0
         st.last_success = self.clock()
         st.cooldown_until.pop(model, None)
+        if changed:
+            self._changed(acct)
 
     def report_failure(
         self,
@@ -198,6 +212,7 @@ class AccountPool:
             self.disable(acct, message)
         else:  # transient: 408/5xx/timeouts/connection errors
             st.cooldown_until[ANY_MODEL] = now + (retry_after if retry_after is not None else rules.transient)
+        self._changed(acct)
 
     def note_usage(self, acct: PoolAccount, windows: dict[str, dict[str, Any]]) -> None:
         """Keeps the usage windows an upstream reported with an answer (shown by GET /pool)."""
@@ -207,6 +222,7 @@ class AccountPool:
     def disable(self, acct: PoolAccount, reason: str, until: float | None = None) -> None:
         acct.state.disabled = reason
         acct.state.disabled_until = until
+        self._changed(acct)
 
     def find(self, label: str) -> PoolAccount | None:
         return next((a for a in self.accounts if a.label == label), None)
@@ -229,6 +245,56 @@ class AccountPool:
         st.disabled = st.disabled_until = None
         st.cooldown_until.clear()
         st.consecutive_errors = 0
+        self._changed(acct)
+
+    # -- shared state (several gateway processes) ---------------------------------------------------
+
+    def _changed(self, acct: PoolAccount) -> None:
+        acct.state.changed_at = max(self.clock(), acct.state.changed_at + 1e-6)
+        if self.on_change is not None:
+            self.on_change(acct)
+
+    def shared_record(self, acct: PoolAccount) -> dict[str, Any]:
+        """The account state other processes must see (JSON-ready)."""
+        st = acct.state
+        return {
+            "disabled": st.disabled,
+            "disabled_until": st.disabled_until,
+            "cooldown_until": dict(st.cooldown_until),
+            "consecutive_errors": st.consecutive_errors,
+            "recent_errors": list(st.recent_errors),
+            "last_error": st.last_error,
+            "last_error_at": st.last_error_at,
+            "rate_limit_streak": st.rate_limit_streak,
+            "changed_at": st.changed_at,
+        }
+
+    def apply_shared(self, label: str, record: dict[str, Any]) -> bool:
+        """Takes another process's record of `label` when it is newer than ours; True when taken."""
+        acct = self._by_label.get(label)
+        if acct is None or not isinstance(record, dict):
+            return False
+        st = acct.state
+        try:
+            changed_at = float(record.get("changed_at") or 0.0)
+            if changed_at <= st.changed_at:
+                return False
+            now = self.clock()
+            cooldowns = {str(m): float(u) for m, u in (record.get("cooldown_until") or {}).items()}
+            window = [float(t) for t in record.get("recent_errors") or () if float(t) >= now - self.rules.error_window]
+            until = record.get("disabled_until")
+            st.disabled = record.get("disabled")
+            st.disabled_until = float(until) if until is not None else None
+            st.cooldown_until = {m: u for m, u in cooldowns.items() if u > now}
+            st.consecutive_errors = int(record.get("consecutive_errors") or 0)
+            st.recent_errors = deque(sorted(window))
+            st.last_error = record.get("last_error")
+            st.last_error_at = record.get("last_error_at")
+            st.rate_limit_streak = int(record.get("rate_limit_streak") or 0)
+            st.changed_at = changed_at
+        except (TypeError, ValueError, AttributeError):
+            return False
+        return True
 
     # -- visibility and persistence -----------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from typing import Any
 import httpx2
 
 from auth.credentials import AuthContext, CredentialError, counted_refresh, read_credential_file
+from auth.state import NO_CLUSTER_LOCK, ClusterLock, RefreshFence
 from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -230,6 +231,9 @@ class QwenOAuthCredential:
         self._retry_refresh_at = 0.0
         self._obtained_at = 0.0  # when this process last got a new token (refresh or adoption)
         self._lock = asyncio.Lock()
+        # Several gateway processes (auth/state.py): one refresh of this account in the whole cluster.
+        self.cluster_lock: ClusterLock = NO_CLUSTER_LOCK
+        self.cluster_name = f"qwen:{hashlib.sha256(str(path).encode()).hexdigest()[:16]}"
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -313,7 +317,38 @@ class QwenOAuthCredential:
 
     @counted_refresh
     async def _refresh(self, failed_token: str | None) -> None:
-        """Under self._lock: adopt a newer token from the file, else run the refresh grant."""
+        """Under self._lock and the cluster's lock of this account: adopt the token another gateway
+        process published or a newer one from the file, else run the refresh grant."""
+        async with self.cluster_lock(self.cluster_name) as fence:
+            if await self._adopt_published(fence, failed_token):
+                return
+            await self._refresh_locked(failed_token, fence)
+
+    async def _adopt_published(self, fence: RefreshFence, failed_token: str | None) -> bool:
+        """The token a process elsewhere in the cluster refreshed while we waited: taken (and written
+        to our file, whose refresh token it rotated) when it is newer than ours and still valid."""
+        published = await fence.published()
+        if published is None:
+            return False
+        try:
+            data = parse_token_file(published, self.path)
+        except CredentialError:
+            return False
+        if data["refresh_token"] == self._data["refresh_token"] or not self._usable(data):
+            return False
+        if data["access_token"] == failed_token:
+            return False
+        try:
+            await asyncio.to_thread(write_private_json, self.path, data)
+        except OSError as e:
+            logger.warning("aiclient-mitm: could not save the shared Qwen token to %s: %s", self.path, e.strerror or e)
+        self._data = data
+        self._lifetime = None
+        self._obtained_at = self._clock()
+        self._retry_refresh_at = 0.0
+        return True
+
+    async def _refresh_locked(self, failed_token: str | None, fence: RefreshFence) -> None:
         lock = TokenFileLock(self.path)
         await asyncio.to_thread(lock.acquire)
         try:
@@ -321,8 +356,12 @@ class QwenOAuthCredential:
                 if self._adopt_from_file(await self._read_disk(), failed_token):
                     return
                 sent = self._data["refresh_token"]
+                if not await fence.held():
+                    # Fencing: our lock expired and another process may be spending this refresh token.
+                    raise CredentialError("token refresh skipped: the cluster refresh lock was lost; retry")
                 try:
                     await self._refresh_grant(sent)
+                    await fence.publish(self._data, self._remaining())
                     return
                 except RefreshRefused as refused:
                     on_disk = await self._read_disk()

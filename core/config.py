@@ -336,6 +336,31 @@ def check_unique_keys(entries: list[ApiKey], where: str = "api_keys") -> None:
 class MetricsSettings(_Strict):
     # GET /metrics without a key (for a Prometheus that cannot send one); off: admin key required.
     public: bool = False
+class StateSettings(_Strict):
+    """Where shared state lives: `local` (memory + files in state_dir) or `redis` (several processes)."""
+
+    backend: Literal["local", "redis"] = "local"
+    # redis://[:password@]host:port/db, rediss:// (TLS) or unix://; the password is never logged.
+    redis_url: SecretStr | None = None
+    # Seconds any one Redis call may take; past it the process serves from its own memory.
+    timeout: Annotated[float, Field(gt=0, le=10)] = 0.25
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> StateSettings:
+        if self.backend == "redis":
+            url = self.redis_url.get_secret_value() if self.redis_url else ""
+            if not url:
+                raise ValueError("redis_url: required when backend is redis (redis://host:6379/0)")
+            if url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+                raise ValueError("redis_url: must start with redis://, rediss:// or unix://")
+        return self
+
+
+class AffinitySettings(_Strict):
+    """Session affinity: one conversation stays on the account of its first turn (warm prompt caches)."""
+
+    enabled: bool = True
+    ttl: Annotated[float, Field(gt=0)] = 3600.0
 
 
 class Config(_Strict):
@@ -370,6 +395,8 @@ class Config(_Strict):
     http2: bool = False
     # Pool state, discovered projects and usage counters; relative to the config file's folder.
     state_dir: Path = Path("state")
+    state: StateSettings = Field(default_factory=StateSettings)
+    affinity: AffinitySettings = Field(default_factory=AffinitySettings)
 
     @field_validator("models", mode="before")
     @classmethod
