@@ -2,13 +2,19 @@
 
 Counted from the IR usage of every finished generate exchange (streams included, and cut
 streams with what they reported); the same tokens go to the caller's key limits. A key is
-known by its name; a non-admin key sees only its own rows. Kept in memory and written to `<state_dir>/usage.json` a few
-seconds after a change (atomically, from a worker thread) and at shutdown, so a restart keeps them.
+known by its name; a non-admin key sees only its own rows. Kept in memory and written to
+`<state_dir>/usage.json` a few seconds after a change (atomically, from a worker thread) and at
+shutdown, so a restart keeps them.
+
+With a shared state backend (redis) the increments also go to Redis (batched, off the request's
+path), and GET /usage answers the cluster's totals; while Redis is unreachable the increments wait
+in memory and /usage answers this process's own book, saying `"state": "degraded"`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +34,8 @@ STATE_FILE = "usage.json"
 COUNTED = "aiclient.usage_counted"
 # Seconds between a change and the write of the state file (changes in between share one write).
 SAVE_DELAY = 5.0
+# Seconds between a change and its send to the shared backend (changes in between share one send).
+SHARE_DELAY = 0.1
 
 
 @dataclass(slots=True)
@@ -83,6 +91,23 @@ class UsageBook:
         return {"since": self.since, "total": asdict(total), "rows": rows}
 
     @classmethod
+    def from_shared(cls, fields: dict[str, int], since: float) -> UsageBook:
+        """The book of the shared hash: field = JSON [client key id, provider, account, model, counter]."""
+        book = cls()
+        book.since = since
+        names = set(Counters.__slots__)
+        for field, value in fields.items():
+            try:
+                *key, counter = json.loads(field)
+            except (ValueError, TypeError):
+                continue
+            if len(key) != len(KEY_FIELDS) or counter not in names:
+                continue
+            row = book.rows.setdefault(tuple(str(k) for k in key), Counters())  # type: ignore[arg-type]
+            setattr(row, counter, getattr(row, counter) + int(value))
+        return book
+
+    @classmethod
     def from_json(cls, data: Any) -> UsageBook:
         book = cls()
         if not isinstance(data, dict):
@@ -115,6 +140,10 @@ class Usage:
         self.book = UsageBook()
         self.path: Path | None = None
         self._save_task: asyncio.Task[None] | None = None
+        # Increments not yet in the shared backend (field of UsageBook.from_shared -> amount).
+        self._pending: dict[str, int] = {}
+        self._share_task: asyncio.Task[None] | None = None
+        self._wired: object | None = None
 
     def configure(self, updated: set[str]) -> None:
         if "config" not in updated or self.gateway.config_path is None:
@@ -123,6 +152,10 @@ class Usage:
         if path != self.path:  # a reload of the same config keeps the live counters
             self.path = path
             self.book = UsageBook.from_json(read_json(path))
+        state = self.gateway.state
+        if state.shared and self._wired is not state:
+            self._wired = state
+            state.on_resync(self._flush)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
@@ -134,10 +167,22 @@ class Usage:
         if key is None:
             flow.response = replies.error_response(route.dialect, 401, "a client key is required")
             return
-        body = self.book.to_json(None if key.admin else key.name)
+        body = await self._view(None if key.admin else key.name)
         body["client_key_name"] = key.name
         body["admin"] = key.admin
         flow.response = replies.json_response(200, body)
+
+    async def _view(self, only_key: str | None) -> dict[str, Any]:
+        state = self.gateway.state
+        if not state.shared:
+            return self.book.to_json(only_key)
+        await self._flush()
+        fields = await state.usage()
+        since = await state.usage_since(self.book.since)
+        if fields is None or self._pending:
+            return {**self.book.to_json(only_key), "scope": "this process", "state": "degraded"}
+        shared = UsageBook.from_shared(fields, since or self.book.since)
+        return {**shared.to_json(only_key), "scope": "cluster"}
 
     async def response(self, flow: http.HTTPFlow) -> None:
         await self._count(flow)
@@ -168,6 +213,8 @@ class Usage:
             )
             self.book.count(key, outcome)
             self._schedule_save()
+            if self.gateway.state.shared:
+                self._share(key, outcome)
         except Exception:
             logger.exception("aiclient-mitm: could not count usage")
             return
@@ -183,6 +230,36 @@ class Usage:
             await limits.add_tokens(name, outcome.usage.input_tokens + outcome.usage.output_tokens)
         except Exception:
             logger.exception("aiclient-mitm: could not count tokens for client key %s", name)
+
+    def _share(self, key: Key, outcome: Outcome) -> None:
+        """Queues this exchange's increments for the shared backend (sent in one batch shortly)."""
+        u = outcome.usage
+        for counter, amount in (
+            ("requests", 1),
+            ("errors", 0 if outcome.ok else 1),
+            ("input_tokens", u.input_tokens),
+            ("output_tokens", u.output_tokens),
+            ("cached_tokens", u.cache_read_tokens),
+            ("reasoning_tokens", u.reasoning_tokens),
+        ):
+            if amount:
+                field = json.dumps([*key, counter], separators=(",", ":"))
+                self._pending[field] = self._pending.get(field, 0) + amount
+        if self._share_task is None or self._share_task.done():
+            self._share_task = asyncio.get_running_loop().create_task(self._share_later(), name="aiclient-usage-share")
+
+    async def _share_later(self) -> None:
+        await asyncio.sleep(SHARE_DELAY)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Sends the pending increments; kept for the next try when the backend does not take them."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        if not await self.gateway.state.add_usage(batch):
+            for field, amount in batch.items():
+                self._pending[field] = self._pending.get(field, 0) + amount
 
     def _schedule_save(self) -> None:
         if self.path is None or (self._save_task is not None and not self._save_task.done()):

@@ -136,6 +136,9 @@ class StateBackend:
     async def usage(self) -> dict[str, int] | None:
         return None
 
+    async def usage_since(self, since: float) -> float | None:
+        return None
+
     # -- discovered per-account data ----------------------------------------------------------------
 
     async def put_discovered(self, kind: str, label: str, value: str) -> None:
