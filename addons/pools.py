@@ -46,8 +46,6 @@ class Pools:
         self._saved: dict | None = None
         self._last_check: dict[str, float] = {}
         self._wired: StateBackend | None = None
-        # Account changes Redis did not take (it was down): sent again on resync.
-        self._unsent: set[tuple[str, str]] = set()
 
     def state_dir(self) -> Path:
         return self.gateway.config.state_path(self.gateway.config_path)
@@ -117,10 +115,8 @@ class Pools:
         pool = self.gateway.pools.get(pid)
         if pool is None:
             return
-        if await self.gateway.state.put_account(pid, acct.label, pool.shared_record(acct)):
-            self._unsent.discard((pid, acct.label))
-        else:
-            self._unsent.add((pid, acct.label))
+        # Not taken (Redis down): the resync after reconnection sends it.
+        await self.gateway.state.put_account(pid, acct.label, pool.shared_record(acct))
 
     def _apply(self, pid: str, label: str, record: Record) -> None:
         pool = self.gateway.pools.get(pid)
@@ -128,20 +124,19 @@ class Pools:
             logger.debug("aiclient-mitm: %s/%s updated from another process", pid, label)
 
     async def _resync(self) -> None:
-        """After (re)connecting: take the cluster's newer records, then send what Redis missed."""
+        """After (re)connecting: take the cluster's newer records, then send ours that Redis lacks
+        or has older (changes made while it was down, or a Redis that restarted empty)."""
         shared = await self.gateway.state.accounts()
         if shared is None:
             return
         for pid, records in shared.items():
             for label, record in records.items():
                 self._apply(pid, label, record)
-        for pid, label in list(self._unsent):
-            pool = self.gateway.pools.get(pid)
-            acct = next((a for a in pool.accounts if a.label == label), None) if pool else None
-            if acct is not None:
-                await self._put(pid, acct)
-            else:
-                self._unsent.discard((pid, label))
+        for pid, pool in self.gateway.pools.items():
+            for acct in pool.accounts:
+                theirs = shared.get(pid, {}).get(acct.label) or {}
+                if acct.state.changed_at > float(theirs.get("changed_at") or 0.0):
+                    await self._put(pid, acct)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro, name="aiclient-pool-share")

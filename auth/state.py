@@ -39,6 +39,7 @@ POOL_CHANNEL = PREFIX + "pool"
 RETRY_DOWN_AFTER = 1.0
 # A refresh lock expires by itself after this long (a holder that died never blocks for good).
 REFRESH_LOCK_TTL = 30.0
+MAX_CONNECTIONS = 32
 
 Record = dict[str, Any]
 AccountListener = Callable[[str, str, Record], None]  # provider, label, record
@@ -186,21 +187,24 @@ class RedisState(StateBackend):
     name = "redis"
     shared = True
 
-    def __init__(self, url: str, *, timeout: float = 0.25, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, url: str, *, timeout: float = 0.5, clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock)
         import redis.asyncio as aioredis  # only a redis deployment pays the import
 
         self.url_for_logs = redact_url(url)
         self.timeout = timeout
-        # One connection pool per process; bounded socket timeouts so nothing waits for long.
-        self.client = aioredis.Redis.from_url(
+        # One connection pool per process; bounded socket timeouts so nothing waits for long. A
+        # blocking pool: a burst past max_connections waits (bounded) for a free connection instead
+        # of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            health_check_interval=0,
             decode_responses=True,
-            max_connections=64,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
         )
+        self.client = aioredis.Redis(connection_pool=pool)
         self._incr_window = self.client.register_script(_INCR_WINDOW)
         self._unlock = self.client.register_script(_UNLOCK)
         self._down_until = 0.0
@@ -437,10 +441,11 @@ class RedisState(StateBackend):
         deadline = time.monotonic() + REFRESH_LOCK_TTL
         acquired: bool | None = False
         pause = 0.02
+        async def try_once() -> bool:  # SET NX answers nil (None) when taken: made a bool here
+            return bool(await self.client.set(key, token, nx=True, px=int(REFRESH_LOCK_TTL * 1000)))
+
         while time.monotonic() < deadline:
-            acquired = await self._call(
-                "refresh_lock", lambda: self.client.set(key, token, nx=True, px=int(REFRESH_LOCK_TTL * 1000)), None
-            )
+            acquired = await self._call("refresh_lock", try_once, None)  # None: Redis is down
             if acquired is None or acquired:
                 break
             await asyncio.sleep(pause)

@@ -343,7 +343,7 @@ class StateSettings(_Strict):
     # redis://[:password@]host:port/db, rediss:// (TLS) or unix://; the password is never logged.
     redis_url: SecretStr | None = None
     # Seconds any one Redis call may take; past it the process serves from its own memory.
-    timeout: Annotated[float, Field(gt=0, le=10)] = 0.25
+    timeout: Annotated[float, Field(gt=0, le=10)] = 0.5
 
     @model_validator(mode="after")
     def _url_for_redis(self) -> StateSettings:

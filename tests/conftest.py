@@ -12,6 +12,7 @@ from tests.fakes.claude import FakeClaude
 from tests.fakes.openai_chat import FakeOpenAIChat
 from tests.fakes.openai_responses import FakeOpenAIResponses
 from tests.gateway import GatewayProcess, start_gateway
+from tests.redis_server import RedisServer
 
 CLIENT_KEY = "test-client-key-7f3a"
 OPENAI_KEY = "sk-upstream-openai-1d2c"
@@ -79,3 +80,11 @@ def _clear_fake_state(request: pytest.FixtureRequest) -> None:
         for fake in request.getfixturevalue("fakes").all():
             fake.requests.clear()
             fake.faults.clear()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server per test session (tests flush it when they need it empty)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
