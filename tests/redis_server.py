@@ -38,7 +38,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--dir", str(self.workdir), "--daemonize", "no", "--protected-mode", "yes"]
-        log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 -- kept open for the process
+        log = open(self.workdir / "redis.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
