@@ -25,6 +25,7 @@ import httpx2
 
 from auth.credentials import AuthContext, CredentialError, counted_refresh, read_credential_file
 from auth.qwen_oauth import oauth_error_text, read_refusal, write_refusal
+from auth.state import NO_CLUSTER_LOCK, ClusterLock, RefreshFence
 from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -258,6 +259,9 @@ class CodexCredential:
         self._obtained_at = 0.0
         self._lock = asyncio.Lock()
         self.refreshes = 0  # refresh grants this process ran (tests, status)
+        # Several gateway processes (auth/state.py): one refresh of this account in the whole cluster.
+        self.cluster_lock: ClusterLock = NO_CLUSTER_LOCK
+        self.cluster_name = f"codex:{self._tokens.account_id}"
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -350,13 +354,47 @@ class CodexCredential:
 
     @counted_refresh
     async def _refresh(self, failed_token: str | None) -> None:
-        """Under self._lock: adopt a newer login from the file, else run the refresh grant."""
+        """Under self._lock and the cluster's lock of this account: adopt the login another gateway
+        process published or a newer one from the file, else run the refresh grant."""
+        async with self.cluster_lock(self.cluster_name) as fence:
+            if await self._adopt_published(fence, failed_token):
+                return
+            await self._refresh_locked(failed_token, fence)
+
+    async def _adopt_published(self, fence: RefreshFence, failed_token: str | None) -> bool:
+        """The login a process elsewhere in the cluster refreshed while we waited: taken (and written
+        to our file, whose refresh token it rotated) when it is newer than ours and still valid."""
+        published = await fence.published()
+        if published is None:
+            return False
+        try:
+            tokens = CodexTokens.parse(published, self.path)
+        except CredentialError:
+            return False
+        if tokens.account_id != self._tokens.account_id or tokens.refresh_token == self._tokens.refresh_token:
+            return False
+        if not self._usable(tokens) or tokens.access_token == failed_token:
+            return False
+        try:
+            await asyncio.to_thread(write_auth_file, self.path, tokens)
+        except OSError as e:
+            logger.warning("aiclient-mitm: could not save the shared Codex login to %s: %s", self.path, e.strerror or e)
+        self._tokens = tokens
+        self._obtained_at = self._clock()
+        self._retry_refresh_at = self._clock() + RETRY_REFRESH_AFTER
+        return True
+
+    async def _refresh_locked(self, failed_token: str | None, fence: RefreshFence) -> None:
         for _ in range(2):  # a second round only when another process rotated the token meanwhile
             if self._adopt_from_file(await self._read_disk(), failed_token):
                 return
             sent = self._tokens.refresh_token
+            if not await fence.held():
+                # Fencing: our lock expired and another process may be spending this refresh token.
+                raise CredentialError("token refresh skipped: the cluster refresh lock was lost; retry")
             try:
                 await self._refresh_grant(sent)
+                await fence.publish(self._tokens.data, self._remaining(self._tokens))
                 return
             except RefreshRefused as refused:
                 on_disk = await self._read_disk()

@@ -441,6 +441,7 @@ class RedisState(StateBackend):
         deadline = time.monotonic() + REFRESH_LOCK_TTL
         acquired: bool | None = False
         pause = 0.02
+
         async def try_once() -> bool:  # SET NX answers nil (None) when taken: made a bool here
             return bool(await self.client.set(key, token, nx=True, px=int(REFRESH_LOCK_TTL * 1000)))
 
