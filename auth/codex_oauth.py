@@ -397,6 +397,8 @@ class CodexCredential:
                 await fence.publish(self._tokens.data, self._remaining(self._tokens))
                 return
             except RefreshRefused as refused:
+                if await self._adopt_published(fence, failed_token):
+                    return  # another process refreshed first (its lock was unreachable): take its token
                 on_disk = await self._read_disk()
                 if on_disk is not None and on_disk.refresh_token != sent:
                     continue  # the Codex CLI rotated it meanwhile: adopt or refresh with the new one

@@ -364,6 +364,8 @@ class QwenOAuthCredential:
                     await fence.publish(self._data, self._remaining())
                     return
                 except RefreshRefused as refused:
+                    if await self._adopt_published(fence, failed_token):
+                        return  # another process refreshed first (its lock was unreachable): take its token
                     on_disk = await self._read_disk()
                     if on_disk is not None and on_disk["refresh_token"] != sent:
                         continue  # rotated by another process: adopt or refresh with the new one

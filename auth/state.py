@@ -35,11 +35,16 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "aiclient:"
 POOL_CHANNEL = PREFIX + "pool"
+AFFINITY_CHANNEL = PREFIX + "affinity"
+# A binding read from Redis is kept in the local copy this long (a re-binding is pushed over pub/sub).
+AFFINITY_CACHE = 30.0
 # After a failed call, calls return their fallback at once for this long (then one tries again).
 RETRY_DOWN_AFTER = 1.0
 # A refresh lock expires by itself after this long (a holder that died never blocks for good).
 REFRESH_LOCK_TTL = 30.0
 MAX_CONNECTIONS = 32
+# How long a refresh keeps trying to reach Redis for its lock before refreshing without it.
+LOCK_DOWN_GRACE = 3.0
 
 Record = dict[str, Any]
 AccountListener = Callable[[str, str, Record], None]  # provider, label, record
@@ -242,9 +247,9 @@ class RedisState(StateBackend):
             logger.warning("aiclient-mitm: shared state (redis %s) is back; resynchronising", self.url_for_logs)
             self._spawn(self._run_resync())
 
-    async def _call[T](self, what: str, make: Callable[[], Awaitable[T]], fallback: T) -> T:
-        """One bounded Redis call; the fallback while Redis is down or when the call fails."""
-        if self._down and time.monotonic() < self._down_until:
+    async def _call[T](self, what: str, make: Callable[[], Awaitable[T]], fallback: T, force: bool = False) -> T:
+        """One bounded Redis call; the fallback while Redis is down (unless forced) or when it fails."""
+        if not force and self._down and time.monotonic() < self._down_until:
             return fallback
         try:
             result = await asyncio.wait_for(make(), self.timeout * 2)
@@ -298,14 +303,18 @@ class RedisState(StateBackend):
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await asyncio.wait_for(pubsub.subscribe(POOL_CHANNEL), self.timeout * 4)
-                if first or self._down:
+                await asyncio.wait_for(pubsub.subscribe(POOL_CHANNEL, AFFINITY_CHANNEL), self.timeout * 4)
+                if first:
                     first = False
                     self._down = False
                     await self._run_resync()
+                elif self._down:
+                    self._recovered()  # logs it and resynchronises
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
+                    if message is not None and message.get("channel") == AFFINITY_CHANNEL:
+                        self._learn_binding(message.get("data"))
+                    elif message is not None:
                         self._deliver(message.get("data"))
                     elif self._down and time.monotonic() >= self._down_until:
                         await asyncio.wait_for(self.client.ping(), self.timeout * 2)
@@ -319,6 +328,14 @@ class RedisState(StateBackend):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)
                 await asyncio.sleep(RETRY_DOWN_AFTER)
+
+    def _learn_binding(self, data: Any) -> None:
+        try:
+            message = json.loads(data)
+            if message.get("origin") != self.origin:
+                self._bindings[str(message["session"])] = (str(message["label"]), self.clock() + float(message["ttl"]))
+        except (TypeError, ValueError, KeyError):
+            return
 
     def _deliver(self, data: Any) -> None:
         try:
@@ -418,27 +435,46 @@ class RedisState(StateBackend):
     # -- affinity -----------------------------------------------------------------------------
 
     async def bound(self, session: str) -> str | None:
-        # The local copy first (no round trip for the turns this process already served).
+        # The local copy first: no round trip for a conversation this process knows (new bindings
+        # and re-bindings of other processes arrive over pub/sub).
         local = await super().bound(session)
         if local is not None:
             return local
-        return await self._call("bound", lambda: self.client.get(f"{PREFIX}affinity:{session}"), None)
+        found = await self._call("bound", lambda: self.client.get(f"{PREFIX}affinity:{session}"), None)
+        if found is not None:
+            self._bindings[session] = (found, self.clock() + AFFINITY_CACHE)
+        return found
 
     async def bind(self, session: str, label: str, ttl: float) -> bool:
+        previous = self._bindings.get(session)
         if not await super().bind(session, label, ttl):
             return False
         key = f"{PREFIX}affinity:{session}"
-        return bool(await self._call("bind", lambda: self.client.set(key, label, px=int(ttl * 1000)), False))
+        moved = previous is None or previous[0] != label
+        message = json.dumps({"origin": self.origin, "session": session, "label": label, "ttl": ttl})
+
+        async def write() -> bool:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(key, label, px=int(ttl * 1000))
+                if moved:  # a new or changed binding: every process's local copy learns it
+                    pipe.publish(AFFINITY_CHANNEL, message)
+                await pipe.execute()
+            return True
+
+        return await self._call("bind", write, False)
 
     # -- refresh lock --------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, name: str) -> AsyncIterator[RefreshFence]:
         """Waits (bounded by REFRESH_LOCK_TTL) for the cluster-wide lock of one account's refresh.
-        Redis down: the process's own single-flight is all there is (yields an unchecked fence)."""
+        A rotating refresh token spent twice kills the account, so this tries Redis for real (no
+        short circuit) for LOCK_DOWN_GRACE seconds before refreshing without the lock; the fence it
+        then yields still reads what another process published."""
         key = f"{PREFIX}lock:refresh:{name}"
         token = secrets.token_hex(16)
         deadline = time.monotonic() + REFRESH_LOCK_TTL
+        unreachable_until = time.monotonic() + LOCK_DOWN_GRACE
         acquired: bool | None = False
         pause = 0.02
 
@@ -446,15 +482,20 @@ class RedisState(StateBackend):
             return bool(await self.client.set(key, token, nx=True, px=int(REFRESH_LOCK_TTL * 1000)))
 
         while time.monotonic() < deadline:
-            acquired = await self._call("refresh_lock", try_once, None)  # None: Redis is down
-            if acquired is None or acquired:
+            acquired = await self._call("refresh_lock", try_once, None, force=True)  # None: Redis is down
+            if acquired:
+                break
+            if acquired is None and time.monotonic() >= unreachable_until:
                 break
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 0.25)
         if not acquired:
-            if acquired is False:
-                logger.warning("aiclient-mitm: refresh lock %s not obtained in time; refreshing without it", name)
-            yield RefreshFence()
+            logger.warning(
+                "aiclient-mitm: refresh lock %s not obtained (%s); refreshing without it",
+                name,
+                "shared state unreachable" if acquired is None else "timed out",
+            )
+            yield _RedisFence(self, key, None, name)
             return
         try:
             yield _RedisFence(self, key, token, name)
@@ -463,19 +504,23 @@ class RedisState(StateBackend):
 
 
 class _RedisFence(RefreshFence):
-    def __init__(self, state: RedisState, key: str, token: str, name: str) -> None:
+    """token None: refreshing without the lock (Redis unreachable); held() cannot tell, says True."""
+
+    def __init__(self, state: RedisState, key: str, token: str | None, name: str) -> None:
         self.state = state
         self.key = key
         self.token = token
         self.name = name
 
     async def held(self) -> bool:
+        if self.token is None:
+            return True
         value = await self.state._call("refresh_fence", lambda: self.state.client.get(self.key), self.token)
         return value == self.token
 
     async def published(self) -> Record | None:
         text = await self.state._call(
-            "published", lambda: self.state.client.get(f"{PREFIX}credential:{self.name}"), None
+            "published", lambda: self.state.client.get(f"{PREFIX}credential:{self.name}"), None, force=True
         )
         if not text:
             return None

@@ -62,5 +62,5 @@ class RedisServer:
                 self.proc.wait(timeout=5)
         self.proc = None
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True)
+    def client(self, password: str | None = None) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=password, socket_timeout=2, decode_responses=True)
