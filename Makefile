@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONFIG ?= config.yaml
 
-.PHONY: install install-test clients run test lint bench clean
+.PHONY: install install-test clients run test lint bench clean redis-server cluster
 
 # The dashboard's browser test (tests/e2e/test_dashboard.py) drives Debian's Chromium through
 # Playwright -- never a downloaded browser. Pinned to the version it was tested with; Debian drops
@@ -68,9 +68,20 @@ $(CHROMIUM):
 		|| { echo "chromium $(CHROMIUM_VERSION) is no longer in the archive; installing the current package"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: install-test $(CLIENTS)/.installed $(CHROMIUM)
+# The shared-state tests start a real redis-server on a free loopback port (no persistence).
+redis-server:
+	@command -v redis-server >/dev/null || { echo "installing redis-server with apt-get (the tests start one on loopback)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+
+test: install-test $(CLIENTS)/.installed $(CHROMIUM) redis-server
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# N gateway processes + Redis + HAProxy on loopback (README "Running several processes").
+PROCESSES ?= 2
+cluster: install redis-server
+	@command -v haproxy >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq haproxy; }
+	$(PY) deploy/cluster.py --processes $(PROCESSES) --config $(CONFIG)
 
 lint: install-test
 	$(VENV)/bin/ruff check .
