@@ -5,7 +5,8 @@ provider outside the key's allowlist is a 403 naming what is allowed; a spent re
 budget is a 429 with Retry-After = seconds until its UTC window frees. Answers come in the
 caller's dialect and are never forwarded; any error while checking refuses with a 500 (fail
 closed). Tokens are added after each answer by the Usage addon. The counters live in memory and
-in `<state_dir>/client-keys.json` (written a few seconds after a change and at shutdown).
+in `<state_dir>/client-keys.json` (written a few seconds after a change and at shutdown), or with
+`state.backend: redis` in Redis (exact across processes; these local ones while Redis is away).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mitmproxy import http
 from addons import replies
 from addons.context import CLIENT_KEY, KEY_ADMITTED, ROUTE, Gateway, Route
 from auth.client_keys import COUNTERS_FILE, ClientKey, KeyLimits, LocalCounters, check_access
+from auth.state import SharedCounters
 from core.files import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class KeyPolicy:
             return
         self.path = counters_path(self.gateway)
         self.counters = LocalCounters.from_json(read_json(self.path), self.clock)
-        self.gateway.key_limits = KeyLimits(self.counters, self.clock)
+        self.gateway.key_limits = KeyLimits(SharedCounters(lambda: self.gateway.state, self.counters), self.clock)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:

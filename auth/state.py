@@ -539,6 +539,32 @@ class _RedisFence(RefreshFence):
         )
 
 
+class SharedCounters:
+    """auth.client_keys.CounterStore over the state backend: exact across processes with redis, the
+    process's own counters with local -- and while Redis is unreachable (a request is never refused
+    for that; what is counted meanwhile stays in this process)."""
+
+    def __init__(self, state: Callable[[], StateBackend], local: Any) -> None:
+        self._state = state  # read at each call: a config reload may swap the backend
+        self.local = local
+
+    async def incr(self, key: str, amount: int, window_end: float) -> int:
+        state = self._state()
+        if state.shared:
+            value = await state.incr(key, amount, window_end)
+            if value is not None:
+                return value
+        return await self.local.incr(key, amount, window_end)
+
+    async def get(self, key: str) -> int:
+        state = self._state()
+        if state.shared:
+            value = await state.get(key)
+            if value is not None:
+                return value
+        return await self.local.get(key)
+
+
 ClusterLock = Callable[[str], contextlib.AbstractAsyncContextManager[RefreshFence]]
 # A credential alone in its process (or with the local backend): its own single-flight is enough.
 NO_CLUSTER_LOCK: ClusterLock = LocalState().refresh_lock

@@ -41,7 +41,7 @@ def cluster_config(fakes, redis_url: str, **extra: Any) -> dict:
             }
         },
         "retry": {"max_attempts": 3, "max_wait": 2},
-        "state": {"backend": "redis", "redis_url": redis_url, "timeout": 0.3},
+        "state": {"backend": "redis", "redis_url": redis_url, "timeout": 2.0},
         **extra,
     }
 
@@ -250,3 +250,29 @@ def test_the_redis_password_never_reaches_the_log_or_health(fakes, redis, tmp_pa
         assert "hunter2-secret" not in gw.log() and "***@127.0.0.1" in gw.log()
     finally:
         redis.client(password="hunter2-secret").config_set("requirepass", "")
+
+
+def test_a_key_limit_is_exact_across_both_processes_under_concurrency(fakes, redis, tmp_path):
+    alice = "sk-alice-limited-42"
+    config = cluster_config(fakes, redis.url)
+    config["api_keys"] = [CLIENT_KEY, {"key": alice, "name": "alice", "requests_per_day": 7}]
+    gws = start_two(tmp_path, config)
+    try:
+
+        def ask(i: int) -> int:
+            body = {**CHAT, "messages": [{"role": "user", "content": f"limit {i}"}]}
+            return httpx2.post(
+                f"{gws[i % 2].url}/v1/chat/completions",
+                headers={"authorization": f"Bearer {alice}"},
+                json=body,
+                timeout=30,
+            ).status_code
+
+        with ThreadPoolExecutor(20) as pool:
+            statuses = list(pool.map(ask, range(20)))
+    finally:
+        for gw in gws:
+            gw.stop()
+    assert sorted(statuses) == [200] * 7 + [429] * 13
+    day = [k for k in redis.client().keys("aiclient:count:alice|requests|day|*")]
+    assert len(day) == 1 and redis.client().get(day[0]) == "7"  # refused requests count nothing
