@@ -25,6 +25,7 @@ from mitmproxy import http
 from addons import replies
 from addons.context import ROUTE, Gateway, Route
 from auth.accounts import expand_accounts
+from auth.code_assist import ProjectStore
 from auth.credentials import CredentialError
 from auth.pool import AccountPool, CooldownRules, PoolAccount
 from auth.state import Record, StateBackend
@@ -93,6 +94,7 @@ class Pools:
             self._wired = state
             state.on_account(self._apply)
             state.on_resync(self._resync)
+            ProjectStore.shared = state  # Code Assist projects one process discovered serve all
         for pid, pool in self.gateway.pools.items():
             pool.on_change = self._publisher(pid)
             for acct in pool.accounts:

@@ -17,12 +17,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx2
 
 from auth.credentials import CredentialError
 from auth.google_oauth import TokenRejected
+from auth.state import StateBackend
 from core.config import Provider
 from core.files import write_json_atomic
 from translators.errors import extract_message
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://cloudcode-pa.googleapis.com"
 API_VERSION = "v1internal"
 STATE_FILE = "gemini-cli-projects.json"
+# Name of the discovered projects in the shared state backend.
+SHARED_KIND = "code_assist_project"
 # The client identity the Gemini CLI sends (upstreams.md 1.4).
 GEMINI_CLI_VERSION = "0.31.0"
 GOOG_API_CLIENT = "google-genai-sdk/1.41.0 gl-node/v22.19.0"
@@ -74,6 +77,10 @@ def request_headers(token: str, model: str = "", *, stream: bool = False) -> dic
 
 class ProjectStore:
     """Discovered projects by account label, in `<state_dir>/gemini-cli-projects.json` (None: memory only)."""
+
+    # Several gateway processes (config `state: redis`): set by the Pools addon, so a project one
+    # process discovered is used by the others without onboarding again.
+    shared: ClassVar[StateBackend | None] = None
 
     # One lock per file across all stores of the process: two accounts may discover at once.
     _locks: dict[Path, threading.Lock] = {}
@@ -138,9 +145,18 @@ class ProjectDiscovery:
         self.http_timeout = http_timeout
 
     async def __call__(self, token: str) -> str:
+        shared = self.store.shared if self.store.shared is not None and self.store.shared.shared else None
+        if shared is not None:
+            known = (await shared.discovered(SHARED_KIND) or {}).get(self.label)
+            if known:
+                await asyncio.to_thread(self._persist, known)
+                logger.info("aiclient-mitm: gemini-cli-oauth %s uses project %s (shared)", self.label, known)
+                return known
         async with httpx2.AsyncClient(trust_env=False, timeout=self.http_timeout, follow_redirects=False) as client:
             project = await self._discover(client, token)
         await asyncio.to_thread(self._persist, project)
+        if shared is not None:
+            await shared.put_discovered(SHARED_KIND, self.label, project)
         logger.info("aiclient-mitm: gemini-cli-oauth %s uses project %s", self.label, project)
         return project
 

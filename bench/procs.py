@@ -286,6 +286,19 @@ class Launcher:
         wait_port(port, proc, log)
         return p
 
+    def redis(self) -> Proc:
+        """A redis-server on loopback without persistence, for the shared-state rows."""
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed")
+        port = free_port()
+        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        proc, log = self._spawn("redis", [*argv, "--dir", str(self.workdir)], None)
+        p = Proc("redis", proc, log, port)
+        self.procs.append(p)
+        wait_port(port, proc, log)
+        return p
+
     def stop(self, p: Proc) -> None:
         p.stop()
         if p in self.procs:

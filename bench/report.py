@@ -99,6 +99,8 @@ def render(
                 for r in scale.rows
             ],
         )  # fmt: skip
+        if scale.note:
+            lines += ["", scale.note]
 
     notes = list(skipped)
     for r in results.json:

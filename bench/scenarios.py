@@ -386,12 +386,41 @@ class Runner:
             t = Target(f"HAProxy + {n}", lb.port, "openai_chat", "claude-custom", None)
             self._scale_row(result, f"{n} process{'es' if n > 1 else ''} behind HAProxy", t, gateways, lb)
             launcher.stop(lb)
+        for g in gateways:
+            launcher.stop(g)
+        self._scale_redis(result, launcher, config, repo)
         base = next((r for r in result.rows if r["label"].startswith("1 process behind")), None)
         for r in result.rows:
             r["scaling"] = r["rps"] / base["rps"] if base and base["rps"] else None
+        return result
+
+    def _scale_redis(self, result: ScaleResult, launcher: Launcher, config: dict[str, Any], repo: Path) -> None:
+        """The same with `state: {backend: redis}`: 1 process direct (its CPU per request next to the
+        local backend's) and 2 processes + Redis behind HAProxy."""
+        if shutil.which("redis-server") is None:
+            result.note = "Redis rows skipped: redis-server is not installed (apt-get install redis-server)."
+            return
+        redis = launcher.redis()
+        shared = {**config, "state": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{redis.port}/0"}}
+        gateways = [launcher.gateway("scale-redis-gw1", shared, None, repo=repo)]
+        direct = Target("gateway direct (redis)", gateways[0].port, "openai_chat", "claude-custom", gateways[0])
+        self._scale_row(result, "1 process + Redis, no HAProxy", direct, gateways)
+        gateways.append(launcher.gateway("scale-redis-gw2", shared, None, repo=repo))
+        lb = launcher.haproxy([g.port for g in gateways])
+        t = Target("HAProxy + 2 (redis)", lb.port, "openai_chat", "claude-custom", None)
+        self._scale_row(result, "2 processes + Redis behind HAProxy", t, gateways, lb)
+        launcher.stop(lb)
         for g in gateways:
             launcher.stop(g)
-        return result
+        launcher.stop(redis)
+        local = next((r for r in result.rows if r["label"] == "1 process, no HAProxy"), None)
+        with_redis = next((r for r in result.rows if r["label"] == "1 process + Redis, no HAProxy"), None)
+        if local and with_redis and local["gw_cpu_ms_per_req"] and with_redis["gw_cpu_ms_per_req"]:
+            delta = with_redis["gw_cpu_ms_per_req"] - local["gw_cpu_ms_per_req"]
+            result.note = (
+                f"Redis backend: {delta:+.3f} ms gateway CPU per request next to local "
+                f"({with_redis['gw_cpu_ms_per_req']:.3f} vs {local['gw_cpu_ms_per_req']:.3f}; goal <= +0.1)."
+            )
 
     def _scale_row(
         self, result: ScaleResult, label: str, t: Target, gateways: list[Proc], lb: Proc | None = None

@@ -188,3 +188,29 @@ def test_unreachable_redis_answers_fallbacks_fast_and_says_degraded() -> None:
     assert elapsed < 1.5  # the first call fails within its timeout, the others short-circuit
     assert 2.5 < lock_wait < 6
     assert degraded and described["state"] == "degraded" and "pw" not in described["url"]
+
+
+def test_a_code_assist_project_one_process_discovered_serves_the_other(server: RedisServer, tmp_path) -> None:
+    from auth.code_assist import ProjectDiscovery, ProjectStore
+    from tests.fakes.code_assist import FakeCodeAssist
+
+    async def main(fake: FakeCodeAssist, token: str) -> tuple[str, str, int, int]:
+        first, second = RedisState(server.url), RedisState(server.url)
+        try:
+            ProjectStore.shared = first
+            found = await ProjectDiscovery(fake.url, "acct", ProjectStore(tmp_path / "a"), poll_interval=0.01)(token)
+            calls = len(fake.requests)
+            ProjectStore.shared = second  # another process, its own state_dir
+            reused = await ProjectDiscovery(fake.url, "acct", ProjectStore(tmp_path / "b"), poll_interval=0.01)(token)
+            return found, reused, calls, len(fake.requests)
+        finally:
+            ProjectStore.shared = None
+            await first.close()
+            await second.close()
+
+    with FakeCodeAssist() as fake:
+        token = fake.issue_login()["access_token"]
+        found, reused, calls, after = run(main(fake, token))
+    assert found == reused == fake.project_id
+    assert calls > 0 and after == calls  # the second process asked Code Assist nothing
+    assert ProjectStore(tmp_path / "b").get("acct") == fake.project_id  # and keeps it in its own file
