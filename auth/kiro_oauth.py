@@ -32,6 +32,7 @@ from typing import Any
 import httpx2
 
 from auth.credentials import AuthContext, CredentialError, counted_refresh, read_credential_file
+from auth.state import NO_CLUSTER_LOCK, ClusterLock, RefreshFence
 from core.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -311,6 +312,9 @@ class KiroCredential:
         self._generation = 0
         self._refused: str | None = None  # why the last refresh was refused for good
         self.refresh_count = 0
+        # Several gateway processes (auth/state.py): one refresh of this account in the whole cluster.
+        self.cluster_lock: ClusterLock = NO_CLUSTER_LOCK
+        self.cluster_name = f"kiro:{hashlib.sha256((t.profile_arn or t.client_id or label).encode()).hexdigest()[:16]}"
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -388,6 +392,36 @@ class KiroCredential:
 
     @counted_refresh
     async def _refresh(self, forced: bool) -> None:
+        """Under self._lock and the cluster's lock of this account (Kiro rotates refresh tokens)."""
+        async with self.cluster_lock(self.cluster_name) as fence:
+            if await self._adopt_published(fence):
+                return
+            await self._refresh_locked(forced, fence)
+
+    async def _adopt_published(self, fence: RefreshFence) -> bool:
+        """The token another gateway process refreshed while we waited: taken and written to our
+        file when it is newer than ours and still valid."""
+        raw = await fence.published()
+        if raw is None:
+            return False
+        try:
+            token = parse_token(raw, self._store.where, self._store.registration_dir())
+        except CredentialError:
+            return False
+        if token.refresh_token == self._token.refresh_token or not token.access_token:
+            return False
+        if token.expires_at is None or token.expires_at <= time.time() + 5:
+            return False
+        try:
+            await asyncio.to_thread(self._store.save, raw)
+        except OSError as e:
+            logger.warning("aiclient-mitm: Kiro account %s: could not save the shared token: %s", self._label, e)
+        self._raw, self._token = raw, token
+        self._refused = None
+        self._generation += 1
+        return True
+
+    async def _refresh_locked(self, forced: bool, fence: RefreshFence) -> None:
         if await asyncio.to_thread(self._adopt_external):
             if not forced and self._fresh():
                 return
@@ -401,9 +435,14 @@ class KiroCredential:
             if not forced and self._usable():
                 return
             raise CredentialError(f"the access token expired and there is no refresh token; {RELOGIN_HINT}")
+        if not await fence.held():
+            # Fencing: our lock expired and another process may be spending this refresh token.
+            raise CredentialError("token refresh skipped: the cluster refresh lock was lost; retry")
         try:
             updated, raw = await self._call_refresh()
         except RefreshError as e:
+            if e.permanent and await self._adopt_published(fence):
+                return  # another process refreshed first (its lock was unreachable): its token
             if e.permanent:
                 self._refused = f"token refresh refused ({e}); {RELOGIN_HINT}"
             if not forced and self._usable():
@@ -426,6 +465,7 @@ class KiroCredential:
         self._raw, self._token = raw, updated
         self._generation += 1
         self.refresh_count += 1
+        await fence.publish(raw, (updated.expires_at or time.time()) - time.time())
         logger.info(
             "aiclient-mitm: Kiro account %s refreshed; valid until %s",
             self._label,
