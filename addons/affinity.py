@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-# Bytes of the first messages hashed at most (a long first prompt costs no more than this).
-DIGEST_LIMIT = 64 * 1024
+# Characters of each string of the first messages that are hashed (with the string's length).
+TEXT_PREFIX = 4096
 
 
 def session_key(dialect: str, body: Mapping[str, Any] | None, headers: Mapping[str, str]) -> str | None:
@@ -35,8 +35,30 @@ def session_key(dialect: str, body: Mapping[str, Any] | None, headers: Mapping[s
     head = _first_messages(dialect, body)
     if not head:
         return None
-    text = json.dumps(head, sort_keys=True, separators=(",", ":"), default=str).encode()[:DIGEST_LIMIT]
-    return "d:" + hashlib.sha256(text).hexdigest()[:32]
+    digest = hashlib.blake2b(digest_size=16)
+    _feed(digest, head)
+    return "d:" + digest.hexdigest()
+
+
+def _feed(digest: hashlib.blake2b, value: Any) -> None:
+    """Hashes a JSON value's structure, each string by its first TEXT_PREFIX characters and its length
+    (a long system prompt costs no more than its prefix; no serialisation of the whole)."""
+    if isinstance(value, str):
+        digest.update(b"s%d:" % len(value))
+        digest.update(value[:TEXT_PREFIX].encode("utf-8", "surrogatepass"))
+    elif isinstance(value, Mapping):
+        digest.update(b"{")
+        for k in sorted(value):
+            digest.update(str(k).encode("utf-8", "surrogatepass") + b"=")
+            _feed(digest, value[k])
+        digest.update(b"}")
+    elif isinstance(value, list | tuple):
+        digest.update(b"[")
+        for item in value:
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(repr(value).encode())
 
 
 def _claude_session(metadata: Any) -> str | None:
