@@ -143,6 +143,7 @@ class Usage:
         # Increments not yet in the shared backend (field of UsageBook.from_shared -> amount).
         self._pending: dict[str, int] = {}
         self._share_task: asyncio.Task[None] | None = None
+        self._fields: dict[tuple[Key, str], str] = {}
         self._wired: object | None = None
 
     def configure(self, updated: set[str]) -> None:
@@ -243,10 +244,19 @@ class Usage:
             ("reasoning_tokens", u.reasoning_tokens),
         ):
             if amount:
-                field = json.dumps([*key, counter], separators=(",", ":"))
+                field = self._field(key, counter)
                 self._pending[field] = self._pending.get(field, 0) + amount
         if self._share_task is None or self._share_task.done():
             self._share_task = asyncio.get_running_loop().create_task(self._share_later(), name="aiclient-usage-share")
+
+    def _field(self, key: Key, counter: str) -> str:
+        """The shared hash's field name of one counter of one row (cached: rows repeat)."""
+        found = self._fields.get((key, counter))
+        if found is None:
+            if len(self._fields) > 50_000:
+                self._fields.clear()
+            found = self._fields[(key, counter)] = json.dumps([*key, counter], separators=(",", ":"))
+        return found
 
     async def _share_later(self) -> None:
         await asyncio.sleep(SHARE_DELAY)

@@ -233,6 +233,10 @@ class CounterStore(Protocol):
         """The counter's value, 0 when unknown or its window has ended."""
         ...
 
+    async def count(self, key: str, amount: int, window_end: float) -> None:
+        """Adds `amount` when no decision waits for the new value (a shared store may batch it)."""
+        ...
+
 
 class LocalCounters:
     """CounterStore of one process: a dict, snapshotted as JSON (see to_json / from_json)."""
@@ -250,6 +254,9 @@ class LocalCounters:
         self._values[key] = (value, window_end)
         self.changed = True
         return value
+
+    async def count(self, key: str, amount: int, window_end: float) -> None:
+        await self.incr(key, amount, window_end)
 
     async def get(self, key: str) -> int:
         found = self._values.get(key)
@@ -344,6 +351,9 @@ class KeyLimits:
                 continue
             name = counter_key(key.name, "requests", window, now)
             end = window_end(window, now)
+            if limit is None:  # counted for listings only (the day, after every limit passed)
+                await self.store.count(name, 1, end)
+                continue
             value = await self.store.incr(name, 1, end)
             counted.append((name, end))
             if limit is not None and value > limit:
@@ -364,7 +374,7 @@ class KeyLimits:
             return
         now = self.clock()
         for window in (DAY, MONTH):
-            await self.store.incr(counter_key(key_name, "tokens", window, now), tokens, window_end(window, now))
+            await self.store.count(counter_key(key_name, "tokens", window, now), tokens, window_end(window, now))
 
     async def today(self, key_name: str) -> dict[str, int]:
         """Usage in the current windows, for listings."""

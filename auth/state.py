@@ -45,6 +45,8 @@ REFRESH_LOCK_TTL = 30.0
 MAX_CONNECTIONS = 32
 # How long a refresh keeps trying to reach Redis for its lock before refreshing without it.
 LOCK_DOWN_GRACE = 3.0
+# Seconds counts no decision waits for (tokens, unlimited request counts) are gathered before one send.
+COUNT_BATCH_DELAY = 0.1
 
 Record = dict[str, Any]
 AccountListener = Callable[[str, str, Record], None]  # provider, label, record
@@ -132,6 +134,10 @@ class StateBackend:
 
     async def get(self, key: str) -> int | None:
         return None
+
+    async def incr_many(self, batch: dict[str, tuple[int, float]]) -> bool:
+        """key -> (amount, window end), in one round trip; True when stored."""
+        return False
 
     # -- usage --------------------------------------------------------------------------------
 
@@ -390,6 +396,18 @@ class RedisState(StateBackend):
             "incr", lambda: self._incr_window(keys=[name], args=[int(amount), int(window_end) + 1]), None
         )
 
+    async def incr_many(self, batch: dict[str, tuple[int, float]]) -> bool:
+        async def write() -> bool:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, (amount, end) in batch.items():
+                    await self._incr_window(
+                        keys=[f"{PREFIX}count:{key}"], args=[int(amount), int(end) + 1], client=pipe
+                    )
+                await pipe.execute()
+            return True
+
+        return await self._call("incr_many", write, False)
+
     async def get(self, key: str) -> int | None:
         async def read() -> int:
             value = await self.client.get(f"{PREFIX}count:{key}")
@@ -547,6 +565,32 @@ class SharedCounters:
     def __init__(self, state: Callable[[], StateBackend], local: Any) -> None:
         self._state = state  # read at each call: a config reload may swap the backend
         self.local = local
+        # count() increments waiting for their batch: key -> (amount, window end).
+        self._pending: dict[str, tuple[int, float]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def count(self, key: str, amount: int, window_end: float) -> None:
+        """No decision waits for it: batched into one pipeline a moment later (no round trip on the
+        request's path); with local state, or when the batch does not get through, counted here."""
+        if not self._state().shared:
+            await self.local.incr(key, amount, window_end)
+            return
+        previous = self._pending.get(key, (0, window_end))[0]
+        self._pending[key] = (previous + amount, window_end)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later(), name="aiclient-counters")
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(COUNT_BATCH_DELAY)
+        await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, {}
+        if not batch:
+            return
+        if not await self._state().incr_many(batch):
+            for key, (amount, end) in batch.items():
+                await self.local.incr(key, amount, end)
 
     async def incr(self, key: str, amount: int, window_end: float) -> int:
         state = self._state()

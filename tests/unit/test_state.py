@@ -214,3 +214,24 @@ def test_a_code_assist_project_one_process_discovered_serves_the_other(server: R
     assert found == reused == fake.project_id
     assert calls > 0 and after == calls  # the second process asked Code Assist nothing
     assert ProjectStore(tmp_path / "b").get("acct") == fake.project_id  # and keeps it in its own file
+
+
+def test_counts_no_decision_waits_for_are_batched_into_one_send(server: RedisServer) -> None:
+    from auth.client_keys import LocalCounters
+    from auth.state import SharedCounters
+
+    async def main() -> tuple[int, int, int | None]:
+        state = RedisState(server.url)
+        counters = SharedCounters(lambda: state, LocalCounters())
+        try:
+            end = time.time() + 60
+            for _ in range(50):
+                await counters.count("bob|tokens|day|0", 10, end)
+            before = server.client().get("aiclient:count:bob|tokens|day|0")
+            await asyncio.sleep(0.3)  # one batch later
+            return int(before or 0), await counters.get("bob|tokens|day|0"), await counters.local.get("bob|tokens|day|0")
+        finally:
+            await state.close()
+
+    before, after, local = run(main())
+    assert (before, after, local) == (0, 500, 0)
