@@ -229,7 +229,11 @@ def test_counts_no_decision_waits_for_are_batched_into_one_send(server: RedisSer
                 await counters.count("bob|tokens|day|0", 10, end)
             before = server.client().get("aiclient:count:bob|tokens|day|0")
             await asyncio.sleep(0.3)  # one batch later
-            return int(before or 0), await counters.get("bob|tokens|day|0"), await counters.local.get("bob|tokens|day|0")
+            return (
+                int(before or 0),
+                await counters.get("bob|tokens|day|0"),
+                await counters.local.get("bob|tokens|day|0"),
+            )
         finally:
             await state.close()
 
