@@ -140,7 +140,7 @@ def test_a_conversation_stays_on_one_account_across_turns_and_processes(pair, fa
     for turn in range(6):
         gw = pair[turn % 2]
         before = {label: a["requests"] for label, a in pool_of(gw).items()}
-        r = chat(gw, headers={"x-session-id": "conv-1"})
+        r = chat(gw, {**CHAT, "stream": turn % 3 == 0}, headers={"x-session-id": "conv-1"})  # streams bind too
         assert r.status_code == 200
         after = pool_of(gw)
         [label] = [lb for lb, a in after.items() if a["requests"] != before[lb]]
