@@ -91,6 +91,9 @@ def gateway_config(fake: FakeKiro, social: Path, idc: Path) -> dict:
                 ],
             }
         },
+        # These tests follow each account's token through the round-robin with the same prompts;
+        # session affinity would keep them all on one account (tests/e2e/test_shared_state.py covers it).
+        "affinity": {"enabled": False},
     }
 
 
