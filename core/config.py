@@ -336,6 +336,8 @@ def check_unique_keys(entries: list[ApiKey], where: str = "api_keys") -> None:
 class MetricsSettings(_Strict):
     # GET /metrics without a key (for a Prometheus that cannot send one); off: admin key required.
     public: bool = False
+
+
 class StateSettings(_Strict):
     """Where shared state lives: `local` (memory + files in state_dir) or `redis` (several processes)."""
 
