@@ -10,13 +10,11 @@ gateway can share it.
 from __future__ import annotations
 
 import argparse
-import html
 import secrets
 import sys
 import time
 import urllib.parse
 import webbrowser
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from auth.codex_oauth import (
     write_auth_file,
 )
 from auth.credentials import CredentialError
+from auth.oauth_callback import OAuthCallbackServer
 from auth.pkce import pkce_pair
 from auth.qwen_oauth import clear_refusal, oauth_error_text
 from core.config import ConfigError, load_config
@@ -72,72 +71,14 @@ def authorize_url(issuer: str, redirect_uri: str, challenge: str, state: str) ->
     return f"{issuer}/oauth/authorize?{urllib.parse.urlencode(query)}"
 
 
-class _CallbackServer(HTTPServer):
-    """One-shot loopback listener for the redirect; keeps waiting after a wrong state."""
-
-    def __init__(self, port: int, state: str) -> None:
-        self.state = state
-        self.code: str | None = None
-        self.failure: str | None = None
-        super().__init__(("127.0.0.1", port), _CallbackHandler)
-
-    @property
-    def redirect_uri(self) -> str:
-        # `localhost`, exactly as registered (the server still only listens on 127.0.0.1).
-        return f"http://localhost:{self.server_address[1]}{CALLBACK_PATH}"
-
-    def wait(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        self.timeout = 0.5
-        while self.code is None and self.failure is None:
-            if time.monotonic() > deadline:
-                raise LoginFailed(f"no answer from the browser within {timeout:g} s")
-            self.handle_request()
-        if self.failure is not None:
-            raise LoginFailed(self.failure)
-        assert self.code is not None
-        return self.code
-
-
-class _CallbackHandler(BaseHTTPRequestHandler):
-    server: _CallbackServer
-
-    def do_GET(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        if url.path != CALLBACK_PATH:
-            self._page(404, "Not found.")
-            return
-        params = dict(urllib.parse.parse_qsl(url.query))
-        if params.get("state") != self.server.state:
-            self._page(400, "This answer does not belong to the login in progress (state mismatch).")
-            return
-        if "error" in params:
-            self.server.failure = f"OpenAI refused the login: {params['error']}"
-            self._page(400, f"Login failed: {params['error']}. You can close this tab.")
-            return
-        if not params.get("code"):
-            self._page(400, "The redirect carries no code.")
-            return
-        self.server.code = params["code"]
-        self._page(200, "Login complete. You can close this tab and return to the terminal.")
-
-    def _page(self, status: int, text: str) -> None:
-        body = f"<!doctype html><title>aiclient-mitm login</title><p>{html.escape(text)}</p>".encode()
-        self.send_response(status)
-        self.send_header("content-type", "text/html; charset=utf-8")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: the URL carries the code."""
-
-
-def bind_callback(state: str, ports: tuple[int, ...] = PORTS) -> _CallbackServer:
-    """The loopback listener on the first free registered port."""
+def bind_callback(state: str, ports: tuple[int, ...] = PORTS) -> OAuthCallbackServer:
+    """The loopback listener on the first free registered port; the redirect names `localhost`,
+    exactly as OpenAI's client registered it."""
     for port in ports:
         try:
-            return _CallbackServer(port, state)
+            return OAuthCallbackServer(
+                port, state, path=CALLBACK_PATH, vendor="OpenAI", error=LoginFailed, redirect_host="localhost"
+            )
         except OSError:
             continue
     raise LoginFailed(

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import html
 import secrets
 import sys
 import time
 import urllib.parse
 import webbrowser
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from auth.google_oauth import (
     TokenRejected,
     id_token_claims,
 )
+from auth.oauth_callback import OAuthCallbackServer
 from auth.pkce import pkce_pair
 from core.config import Config, ConfigError, load_config
 from core.files import write_json_atomic
@@ -81,67 +80,6 @@ def authorize_url(pkce: Pkce, redirect_uri: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Getting the code
-
-
-class _CallbackServer(HTTPServer):
-    """One-shot loopback listener for the redirect; keeps waiting after a wrong state."""
-
-    def __init__(self, port: int, state: str) -> None:
-        self.state = state
-        self.code: str | None = None
-        self.failure: str | None = None
-        super().__init__(("127.0.0.1", port), _CallbackHandler)
-
-    @property
-    def redirect_uri(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{CALLBACK_PATH}"
-
-    def wait(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        self.timeout = 0.5
-        while self.code is None and self.failure is None:
-            if time.monotonic() > deadline:
-                raise LoginError(f"no answer from the browser within {timeout:g} s")
-            self.handle_request()
-        if self.failure is not None:
-            raise LoginError(self.failure)
-        assert self.code is not None
-        return self.code
-
-
-class _CallbackHandler(BaseHTTPRequestHandler):
-    server: _CallbackServer
-
-    def do_GET(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        if url.path != CALLBACK_PATH:
-            self._page(404, "Not found.")
-            return
-        params = dict(urllib.parse.parse_qsl(url.query))
-        if params.get("state") != self.server.state:
-            print("ignored a redirect with a wrong state (not from this login)", file=sys.stderr, flush=True)
-            self._page(400, "This answer does not belong to the login in progress (state mismatch).")
-            return
-        if "error" in params:
-            self.server.failure = f"Google refused the login: {params['error']}"
-            self._page(400, f"Login failed: {params['error']}. You can close this tab.")
-            return
-        if not params.get("code"):
-            self._page(400, "The redirect carries no code.")
-            return
-        self.server.code = params["code"]
-        self._page(200, "Login complete. You can close this tab and return to the terminal.")
-
-    def _page(self, status: int, text: str) -> None:
-        body = f"<!doctype html><title>aiclient-mitm login</title><p>{html.escape(text)}</p>".encode()
-        self.send_response(status)
-        self.send_header("content-type", "text/html; charset=utf-8")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: the URL carries the code."""
 
 
 def code_from_paste(text: str, state: str) -> str:
@@ -306,7 +244,7 @@ def _get_code(args: argparse.Namespace, pkce: Pkce) -> tuple[str, str]:
         line = sys.stdin.readline()
         return code_from_paste(line, pkce.state), HEADLESS_REDIRECT
     try:
-        server = _CallbackServer(args.port, pkce.state)
+        server = OAuthCallbackServer(args.port, pkce.state, path=CALLBACK_PATH, vendor="Google", error=LoginError)
     except OSError as e:
         raise LoginError(f"cannot listen on 127.0.0.1:{args.port}: {e.strerror or e}") from None
     with server:
