@@ -120,7 +120,7 @@ def test_each_upstream_call_goes_through_its_proxy(setup, fakes, stream):
 
 def test_the_proxy_password_is_sent_but_never_logged(setup, fakes):
     ChatDriver(setup.gw.url, "openai-custom").text("hi there", True)
-    assert "407" not in setup.http.log()  # the proxy accepted the credentials
+    assert "<< 407" not in setup.http.log()  # the proxy accepted the credentials (no 407 answer logged)
     assert PROXY_PASSWORD not in setup.gw.log()
 
 
