@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import select
 import ssl
 import urllib.parse
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import certifi
@@ -242,7 +244,7 @@ class Http1Client:
     async def _head(self, conn: _Conn, request: h11.Request, body: bytes, timeout: float) -> Response:
         """Sends the request and reads up to the final response head (content still empty)."""
         c = conn.h11
-        try:
+        with _reading(timeout):
             conn.writer.write(c.send(request) + c.send(h11.Data(data=body)) + c.send(h11.EndOfMessage()))
             await conn.writer.drain()
             while True:
@@ -260,19 +262,13 @@ class Http1Client:
                 elif type(event) is h11.ConnectionClosed:
                     raise RemoteProtocolError("the server closed the connection before answering")
                 # InformationalResponse (1xx): wait for the final one
-        except TimeoutError:
-            raise ReadTimeout(f"no data for {timeout:g} s") from None
-        except ConnectionError as e:
-            raise RemoteProtocolError(f"connection lost: {e}") from None
-        except h11.ProtocolError as e:
-            raise RemoteProtocolError(f"malformed response: {e}") from None
 
     async def _rest(self, conn: _Conn, head: Response, timeout: float) -> Response:
         """Reads the body after `_head`, whole."""
         c = conn.h11
         chunks: list[bytes] = []
         size = 0
-        try:
+        with _reading(timeout):
             while True:
                 event = c.next_event()
                 if event is h11.NEED_DATA:
@@ -289,12 +285,19 @@ class Http1Client:
                     return head
                 elif type(event) is h11.ConnectionClosed:
                     raise RemoteProtocolError("the server closed the connection before the end of the response")
-        except TimeoutError:
-            raise ReadTimeout(f"no data for {timeout:g} s") from None
-        except ConnectionError as e:
-            raise RemoteProtocolError(f"connection lost: {e}") from None
-        except h11.ProtocolError as e:
-            raise RemoteProtocolError(f"malformed response: {e}") from None
+
+
+@contextlib.contextmanager
+def _reading(timeout: float) -> Iterator[None]:
+    """What reading a whole answer can raise, as the errors callers handle (once per request)."""
+    try:
+        yield
+    except TimeoutError:
+        raise ReadTimeout(f"no data for {timeout:g} s") from None
+    except ConnectionError as e:
+        raise RemoteProtocolError(f"connection lost: {e}") from None
+    except h11.ProtocolError as e:
+        raise RemoteProtocolError(f"malformed response: {e}") from None
 
 
 class StreamResponse:
