@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mitmproxy import ctx, http
+
 from core.http1 import HttpError, StreamResponse
 from translators import errors
 from translators.accumulate import ResponseAccumulator
@@ -272,6 +274,71 @@ class StreamRelay(_Observer):
 # -- the loopback relay --------------------------------------------------------------------------
 
 
+class ChunkCounter:
+    """mitmproxy's stream callable for a relayed flow: passes every chunk on unchanged and counts
+    its bytes, so the relay knows when all it sent through mitmproxy has been written to the client."""
+
+    __slots__ = ("passed",)
+
+    def __init__(self) -> None:
+        self.passed = 0
+
+    def __call__(self, data: bytes) -> bytes:
+        self.passed += len(data)
+        return data
+
+
+@dataclass(slots=True, eq=False)
+class DirectClient:
+    """The client's connection, for writing the rest of a relayed stream's body to it directly.
+
+    Through mitmproxy every chunk costs a loopback write and read, an HTTP/1 parse and a pass
+    through its layers and stream callable: more CPU per event than mitmproxy spends relaying an
+    upstream itself (bench/README.md). mitmproxy's HTTP/1 server frames a chunked body as
+    `%x CRLF data CRLF` (proxy/layers/http/_http1.py), so once the head and every chunk sent through
+    mitmproxy have reached the client's socket, the relay writes the same bytes itself; the end of
+    the body still goes through mitmproxy, so it finishes the flow (response hook, keep-alive) as
+    usual. Only for a plain-text HTTP/1.1 client connection with a chunked response: anything else
+    (TLS or HTTP/2 to the client, `store_streamed_bodies`) keeps every chunk on the loopback path.
+    """
+
+    writer: asyncio.StreamWriter
+    counter: ChunkCounter
+
+
+# mitmproxy's inactivity watchdog (10 minutes in 12.3.1) only sees chunks that pass through it: a
+# direct stream sends one through mitmproxy at least this often.
+_LOOPBACK_EVERY = 60.0
+
+
+def client_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
+    """The asyncio writer of the flow's client connection, when writing a chunked body to it is
+    byte-for-byte what mitmproxy would do (see DirectClient); None otherwise. Reads mitmproxy's
+    Proxyserver connection table (12.3.1), so any change there falls back to the loopback path."""
+    response = flow.response
+    client = flow.client_conn
+    if (
+        response is None
+        or flow.request.http_version != "HTTP/1.1"
+        or response.http_version != "HTTP/1.1"
+        or flow.request.method == "HEAD"
+        or "chunked" not in response.headers.get("transfer-encoding", "").lower()
+        or client.tls
+        or client.tls_established
+        or ctx.options.store_streamed_bodies
+    ):
+        return None
+    server = ctx.master.addons.get("proxyserver")
+    handler = getattr(server, "connections", {}).get(client.id)
+    transports = getattr(handler, "transports", None)
+    if not isinstance(transports, dict) or getattr(handler, "client", None) is not client:
+        return None
+    writer = getattr(transports.get(client), "writer", None)
+    if not isinstance(writer, asyncio.StreamWriter) or writer.is_closing():
+        return None
+    return writer
+
+
 @dataclass(slots=True, eq=False)
 class RelayJob:
     """One opened upstream stream waiting for mitmproxy to fetch it from the loopback relay."""
@@ -289,6 +356,13 @@ class RelayJob:
     ended: bool = False
     # Set when mitmproxy reported the client gone while the stream was being pumped.
     client_gone: bool = False
+    # The client's own connection, once mitmproxy has sent the response head (see DirectClient).
+    client: DirectClient | None = None
+    # Body bytes written to mitmproxy over the loopback connection, and when it last got some.
+    loopback_bytes: int = 0
+    loopback_at: float = 0.0
+    # Body bytes written straight to the client's connection.
+    direct_bytes: int = 0
 
     def end(self, reason: str | None, client_gone: bool = False) -> None:
         if self.ended:
@@ -301,10 +375,6 @@ class RelayJob:
             self.on_end(reason, client_gone)
         except Exception:
             logger.exception("aiclient-mitm: stream end bookkeeping failed")
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 class LoopbackRelay:
@@ -349,6 +419,15 @@ class LoopbackRelay:
         if job is not None:
             job.client_gone = True
             job.upstream.close()
+
+    def attach_client(self, token: str, writer: asyncio.StreamWriter | None) -> ChunkCounter:
+        """mitmproxy is about to send the head of the job's response (responseheaders): the stream
+        callable it should use, and the client's writer the relay may take over (None: it may not)."""
+        counter = ChunkCounter()
+        job = self._active.get(token) or self._jobs.get(token)
+        if job is not None and writer is not None:
+            job.client = DirectClient(writer, counter)
+        return counter
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -400,8 +479,7 @@ class LoopbackRelay:
                         reason = f"the upstream sent nothing for {read_timeout:g} s (read_timeout)"
                         out = transcoder.fail(reason)
                         break
-                    writer.write(_chunk(job.keepalive_bytes))
-                    await writer.drain()
+                    await _send(job, writer, job.keepalive_bytes, loop.time())
                     continue
                 except HttpError as e:
                     reason = f"the upstream stream broke: {e}"
@@ -413,8 +491,11 @@ class LoopbackRelay:
                 last = loop.time()
                 out = transcoder.feed(data)
                 if out:
-                    writer.write(_chunk(out))
-                    await writer.drain()
+                    await _send(job, writer, out, last)
+            # The last bytes and the end of the body go through mitmproxy in one write: it ends the
+            # flow (and keeps the connection) before a client that stops reading at the last event
+            # (an SDK raising on the error event) can close its side.
+            job.loopback_bytes += len(out)
             writer.write((_chunk(out) if out else b"") + b"0\r\n\r\n")
             await writer.drain()
         except (ConnectionError, RuntimeError):
@@ -424,8 +505,43 @@ class LoopbackRelay:
         except BaseException:
             job.end("the gateway stopped relaying the stream")
             raise
+        if job.direct_bytes:
+            logger.debug(
+                "aiclient-mitm: stream relayed, %d body bytes through mitmproxy, %d straight to the client",
+                job.loopback_bytes,
+                job.direct_bytes,
+            )
         job.end(reason, client_gone=job.client_gone)
         return not job.client_gone
+
+
+async def _send(job: RelayJob, loopback: asyncio.StreamWriter, data: bytes, now: float) -> None:
+    """One chunk of the client's body: straight to the client once everything sent through mitmproxy
+    has reached it (DirectClient), else through mitmproxy. Never reorders: a direct write only follows
+    loopback bytes mitmproxy has already written to the client's socket."""
+    client = job.client
+    # passed > 0 also proves mitmproxy sent the head: it calls the counter only once it has.
+    if (
+        client is not None
+        and 0 < client.counter.passed == job.loopback_bytes
+        and now - job.loopback_at < _LOOPBACK_EVERY
+    ):
+        writer = client.writer
+        if writer.is_closing():
+            raise ConnectionResetError("the client's connection is closed")
+        writer.write(_chunk(data))
+        job.direct_bytes += len(data)
+        await writer.drain()
+        return
+    job.loopback_bytes += len(data)
+    job.loopback_at = now
+    loopback.write(_chunk(data))
+    await loopback.drain()
+
+
+def _chunk(data: bytes) -> bytes:
+    """HTTP/1.1 chunked framing, byte for byte as mitmproxy's HTTP/1 server writes it."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def _parse_head(head: bytes) -> tuple[str | None, int]:

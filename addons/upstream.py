@@ -31,7 +31,7 @@ from addons.affinity import session_key
 from addons.context import EXCHANGE, ROUTE, Gateway, Route
 from addons.flow_inspect import mask_header
 from addons.images import inline_remote_images
-from addons.stream import RELAY_HEADER, LoopbackRelay, RelayJob, StreamRelay, StreamTranscoder
+from addons.stream import RELAY_HEADER, LoopbackRelay, RelayJob, StreamRelay, StreamTranscoder, client_writer
 from auth.credentials import AuthContext, CredentialError
 from auth.pool import AccountPool, AllCoolingDown, NoUsableAccount, PoolAccount
 from auth.rate_limit import request_limits
@@ -676,8 +676,13 @@ class Upstream:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange: Exchange | None = flow.metadata.get(EXCHANGE)
         if exchange is not None and exchange.relayed and flow.response is not None:
-            # The relay writes the client's stream already framed: mitmproxy passes it on as it comes.
-            flow.response.stream = True
+            # The relay writes the client's stream already framed: mitmproxy passes it on as it comes
+            # (counting it), and the relay writes the rest straight to the client where it may.
+            token = exchange.relay_token
+            if token is None:
+                flow.response.stream = True
+            else:
+                flow.response.stream = self._relay.attach_client(token, client_writer(flow))
 
     def _stream_headers(self, route: Route) -> dict[str, str]:
         json_mode = route.dialect == "gemini" and route.gemini_mode == "json"

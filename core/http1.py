@@ -178,11 +178,17 @@ class Http1Client:
         c = conn.h11
         if c.our_state is h11.DONE and c.their_state is h11.DONE:
             c.start_next_cycle()
-            pool = self._idle.setdefault(key, deque())
-            if len(pool) < self.max_idle_per_host:
-                pool.append(conn)
-                return
-        conn.close()
+            self._pool(key, conn)
+        else:
+            conn.close()
+
+    def _pool(self, key: _Key, conn: _Conn) -> None:
+        """Keeps an idle connection (its h11 state IDLE) for the next request, if there is room."""
+        pool = self._idle.setdefault(key, deque())
+        if len(pool) < self.max_idle_per_host:
+            pool.append(conn)
+        else:
+            conn.close()
 
     async def _connect(self, key: _Key, timeout: float) -> _Conn:
         scheme, host, port, proxy = key
@@ -300,11 +306,119 @@ def _reading(timeout: float) -> Iterator[None]:
         raise RemoteProtocolError(f"malformed response: {e}") from None
 
 
+class BodyFraming(Exception):
+    """The upstream's body framing is broken (a bad chunk-size line, a chunk not ended by CRLF).
+    `partial` is the payload decoded before the break, in the same feed."""
+
+    def __init__(self, message: str, partial: bytes = b"") -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+class StreamedBody:
+    """Decodes a streamed response body as it arrives: chunked (RFC 9112 section 7.1), Content-Length
+    or close-delimited.
+
+    Ours, not h11's, on the streaming path: h11's `Connection.next_event` costs about 12% of the
+    gateway's CPU on a paced stream (two calls per read, its state machine run each time; bench/README.md),
+    while this is a few slices per read. h11 still parses every response head, and every body read whole.
+    `feed()` returns all the payload in the bytes given (one write downstream per read); `done` is set at
+    the body's end, `reusable` when nothing followed it."""
+
+    __slots__ = ("_buf", "_chunked", "_left", "_state", "done", "reusable", "until_close")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+    _MAX_LINE = 4096  # a chunk-size line with its extensions, or one trailer field
+
+    def __init__(self, chunked: bool, length: int | None) -> None:
+        self._buf = b""
+        self._chunked = chunked
+        self.until_close = not chunked and length is None
+        self._state = self._SIZE if chunked else self._DATA
+        self._left = 0 if chunked else (length or 0)
+        self.done = not chunked and length == 0
+        self.reusable = self.done
+
+    def feed(self, data: bytes) -> bytes:
+        """The payload in `data`; raises BodyFraming when the framing is broken."""
+        if self.until_close:
+            return data
+        if self.done:
+            self.reusable = self.reusable and not data
+            return b""
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        out: list[bytes] = []
+        try:
+            self._decode(data, out)
+        except BodyFraming as e:
+            e.partial = b"".join(out)
+            raise
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _decode(self, data: bytes, out: list[bytes]) -> None:
+        pos = 0
+        end = len(data)
+        while pos < end:
+            state = self._state
+            if state == self._DATA:
+                take = min(self._left, end - pos)
+                out.append(data[pos : pos + take])
+                pos += take
+                self._left -= take
+                if self._left:
+                    break
+                if not self._chunked:
+                    self._finish(pos == end)
+                    break
+                self._state = self._DATA_END
+            elif state == self._SIZE:
+                eol = data.find(b"\r\n", pos, pos + self._MAX_LINE + 2)
+                if eol < 0:
+                    self._keep(data, pos)
+                    break
+                size = data[pos:eol].split(b";", 1)[0].strip(b" \t")
+                if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
+                    raise BodyFraming(f"bad chunk-size line {data[pos:eol][:40]!r}")
+                self._left = int(size, 16)
+                pos = eol + 2
+                self._state = self._DATA if self._left else self._TRAILER
+            elif state == self._DATA_END:
+                if end - pos < 2:
+                    self._keep(data, pos)
+                    break
+                if data[pos : pos + 2] != b"\r\n":
+                    raise BodyFraming("a chunk is not followed by CRLF")
+                pos += 2
+                self._state = self._SIZE
+            else:  # _TRAILER: trailer fields up to an empty line
+                eol = data.find(b"\r\n", pos, pos + self._MAX_LINE + 2)
+                if eol < 0:
+                    self._keep(data, pos)
+                    break
+                empty = eol == pos
+                pos = eol + 2
+                if empty:
+                    self._finish(pos == end)
+                    break
+
+    def _finish(self, clean: bool) -> None:
+        self.done = True
+        self.reusable = clean
+
+    def _keep(self, data: bytes, pos: int) -> None:
+        rest = data[pos:]
+        if len(rest) > self._MAX_LINE + 2:
+            raise BodyFraming("a chunk-size or trailer line is too long")
+        self._buf = rest
+
+
 class StreamResponse:
     """A 2xx answer whose body is still arriving. `read()` gives the next piece; close() when done
     (a connection whose body was read to its end goes back to the pool, any other is closed)."""
 
-    __slots__ = ("_client", "_conn", "_key", "headers", "status_code")
+    __slots__ = ("_body", "_client", "_conn", "_error", "_key", "_pending", "headers", "status_code")
 
     def __init__(self, status_code: int, headers: dict[str, str], client: Http1Client, key: _Key, conn: _Conn) -> None:
         self.status_code = status_code
@@ -312,34 +426,77 @@ class StreamResponse:
         self._client = client
         self._key = key
         self._conn: _Conn | None = conn
+        self._error: HttpError | None = None
+        # h11 parsed the head; the body bytes it already received are decoded here.
+        self._pending, _closed = conn.h11.trailing_data
+        # The framing h11 chose for this head (it already refused a bad Content-Length or coding).
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = headers.get("content-length")
+        if status_code in (204, 304):
+            self._body = StreamedBody(False, 0)
+        else:
+            self._body = StreamedBody(chunked, None if chunked or length is None else int(length))
 
     async def read(self, timeout: float) -> bytes:
-        """The next body bytes, b"" at the clean end. Raises TimeoutError (plain, and harmless: the
-        read may be retried) when nothing arrived for `timeout` s, RemoteProtocolError when the
-        body was cut."""
+        """The body bytes that arrived since the last call (everything received, joined: one write
+        downstream per read instead of one per upstream chunk), b"" at the clean end. Waits only when
+        nothing is buffered. Raises TimeoutError (plain, and harmless: the read may be retried) when
+        nothing arrived for `timeout` s, RemoteProtocolError when the body was cut or malformed."""
         conn = self._conn
         if conn is None:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
             return b""
-        c = conn.h11
+        body = self._body
+        data = self._pending
+        self._pending = b""
         try:
             while True:
-                event = c.next_event()
-                if event is h11.NEED_DATA:
-                    async with asyncio.timeout(timeout):
-                        data = await conn.reader.read(_READ)
-                    c.receive_data(data)
-                elif type(event) is h11.Data:
-                    return bytes(event.data)
-                elif type(event) is h11.EndOfMessage:
-                    self._conn = None
-                    self._client._give_back(self._key, conn)
+                if data:
+                    out = body.feed(data)
+                    if body.done:
+                        self._end(conn)
+                        return out
+                    if out:
+                        return out
+                elif body.done:
+                    self._end(conn)
                     return b""
-                elif type(event) is h11.ConnectionClosed:
+                async with asyncio.timeout(timeout):
+                    data = await conn.reader.read(_READ)
+                if not data:
+                    if body.until_close:
+                        self.close()
+                        return b""
                     raise RemoteProtocolError("the upstream closed the connection in the middle of the body")
         except ConnectionError as e:
             raise RemoteProtocolError(f"connection lost: {e}") from None
-        except h11.ProtocolError as e:
-            raise RemoteProtocolError(f"malformed response: {e}") from None
+        except BodyFraming as e:
+            error = RemoteProtocolError(f"malformed response: {e}")
+            if not e.partial:
+                raise error from None
+            # What arrived before the break goes out first; the next read raises.
+            self.close()
+            self._error = error
+            return e.partial
+
+    def _end(self, conn: _Conn) -> None:
+        """The body ended: the connection goes back to the pool if nothing followed the body and the
+        exchange allows keep-alive (what h11 would decide), else it is closed."""
+        self._conn = None
+        c = conn.h11
+        keep = (
+            self._body.reusable
+            and c.our_state is h11.DONE
+            and c.their_http_version == b"1.1"
+            and "close" not in self.headers.get("connection", "").lower()
+        )
+        if not keep:
+            conn.close()
+            return
+        conn.h11 = h11.Connection(h11.CLIENT)
+        self._client._pool(self._key, conn)
 
     def close(self) -> None:
         if self._conn is not None:
