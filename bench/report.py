@@ -5,6 +5,7 @@ from __future__ import annotations
 from bench.scenarios import (
     JSON_CONCURRENCY,
     ROUNDS,
+    SCALE_STREAM_EVENTS,
     SLOW_STREAMS,
     STREAMS,
     MemoryResult,
@@ -107,10 +108,11 @@ def render(
             ],
         )  # fmt: skip
 
-    lines += ["", "## Scale: gateway processes behind HAProxy (openai→claude JSON, c=64, nothing pinned)", ""]
+    lines += ["", "## Scale: gateway processes behind HAProxy (openai→claude, c=64, nothing pinned)", ""]
     if scale is None:
         lines.append(f"Scale run skipped: {why_no_scale}.")
     else:
+        lines += ["JSON requests:", ""]
         lines += _table(
             ["setup", "req/s", "x", "p50 ms", "p99 ms", "gateway CPU ms/req", "gateway cores busy",
              "HAProxy CPU ms/req", "errors"],
@@ -123,6 +125,22 @@ def render(
         )  # fmt: skip
         if scale.note:
             lines += ["", scale.note]
+        lines += [
+            "",
+            f"Streams ({SCALE_STREAM_EVENTS} events, unpaced); the load generator shares the 2 cores, so compare "
+            "the gateways' CPU per event (all gateway processes' CPU ÷ events), not only streams/s:",
+            "",
+        ]
+        lines += _table(
+            ["setup", "streams/s", "x", "TTFE p50 ms", "gateway CPU µs/event", "gateway cores busy",
+             "HAProxy CPU µs/event", "errors"],
+            [
+                [r["label"], _f(r["rps"], ".1f"), _f(r.get("scaling")), _f(r["ttfe_p50_ms"]),
+                 _f(r["gw_cpu_us_per_event"], ".1f"), _f(r.get("gw_cores_busy")), _f(r["lb_cpu_us_per_event"], ".1f"),
+                 str(r["errors"])]
+                for r in scale.stream_rows
+            ],
+        )  # fmt: skip
 
     notes = list(skipped)
     for r in results.json:
@@ -136,9 +154,10 @@ def render(
             if row["streams_errors"]:
                 notes.append(f"{row['target']} slow streams: first error {row['streams_first_error'][:300]}")
     if scale is not None:
-        for r in scale.rows:
-            if r["errors"]:
-                notes.append(f"scale {r['label']}: {r['errors']} errors, first: {r['first_error'][:300]}")
+        for kind, rows in (("JSON", scale.rows), ("streams", scale.stream_rows)):
+            for r in rows:
+                if r["errors"]:
+                    notes.append(f"scale {kind} {r['label']}: {r['errors']} errors, first: {r['first_error'][:300]}")
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import report
-from bench.scenarios import JsonResult, MemoryResult, Results, StreamResult
+from bench.scenarios import JsonResult, MemoryResult, Results, ScaleResult, StreamResult
 
 FLOOR = report.FLOOR
 GW = "gw openai→claude"
@@ -129,3 +129,11 @@ def test_streams_per_target_table_shows_microseconds_and_ratio_side_by_side() ->
     text = report.render({}, _results((74.0, 69.0, 156.0), (1.0, 1.0, 1.0)), None, None, "skipped", [])
     assert f"| {GW} | 74.0 µs, 0.74x | 69.0 µs, 0.69x | 156.0 µs, 0.78x | meets |" in text
     assert f"| {FLOOR} | 100.0 µs, 1.00x | 100.0 µs, 1.00x | 200.0 µs, 1.00x |  |" in text
+
+
+def test_scale_report_has_stream_rows_with_gateway_cpu_per_event() -> None:
+    row = {"label": "2 processes behind HAProxy", "rps": 300.0, "scaling": 1.5, "ttfe_p50_ms": 4.0,
+           "gw_cpu_us_per_event": 95.5, "gw_cores_busy": 1.43, "lb_cpu_us_per_event": 3.25, "errors": 0,
+           "first_error": ""}  # fmt: skip
+    text = report.render({}, Results(), None, ScaleResult(rows=[], stream_rows=[row]), None, [])
+    assert "| 2 processes behind HAProxy | 300.0 | 1.50 | 4.00 | 95.5 | 1.43 | 3.2 | 0 |" in text
