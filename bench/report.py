@@ -180,7 +180,7 @@ def _gateway_targets(results: Results) -> list[str]:
     return [n for n in dict.fromkeys(names) if n.startswith("gw")]
 
 
-def stream_cells(results: Results) -> dict[str, list[tuple[float, float | None] | None]]:
+def _stream_cells(results: Results) -> dict[str, list[tuple[float, float | None] | None]]:
     """Per target, per STREAM_KINDS: (CPU µs/event, ratio to the streaming floor's) or None when
     the row is missing or has no CPU."""
     rows = {(r.target, r.label, r.concurrency): r for r in results.streams}
@@ -196,7 +196,7 @@ def stream_cells(results: Results) -> dict[str, list[tuple[float, float | None] 
     return out
 
 
-def json_ratios(results: Results) -> dict[str, list[float | None]]:
+def _json_ratios(results: Results) -> dict[str, list[float | None]]:
     """Per gateway target, per JSON_CONCURRENCY: CPU per request ÷ the floor's."""
     rows = {(r.target, r.concurrency): r.cpu_ms_per_req for r in results.json}
     return {
@@ -219,8 +219,8 @@ def _x(value: float | None) -> str:
 def verdicts(results: Results, memory: MemoryResult | None = None) -> list[str]:
     """One line per gateway target for its streams, its JSON and its first-event latency, then the
     memory goals: the issue's goals at a glance (printed last by `python -m bench`)."""
-    streams = stream_cells(results)
-    json = json_ratios(results)
+    streams = _stream_cells(results)
+    json_rows = _json_ratios(results)
     json_goals = [JSON_GOAL_RATIO[c] for c in JSON_CONCURRENCY]
     out = []
     for t in _gateway_targets(results):
@@ -230,11 +230,11 @@ def verdicts(results: Results, memory: MemoryResult | None = None) -> list[str]:
                 f"verdict: {t} streams: {' / '.join(_x(r) for r in ratios)} the floor "
                 f"(goal ≤ {STREAM_GOAL_RATIO}x): {judge(ratios, [STREAM_GOAL_RATIO] * len(ratios))}"
             )
-        if t in json:
+        if t in json_rows:
             out.append(
-                f"verdict: {t} JSON: {' / '.join(_x(r) for r in json[t])} the floor at c="
+                f"verdict: {t} JSON: {' / '.join(_x(r) for r in json_rows[t])} the floor at c="
                 + "/".join(str(c) for c in JSON_CONCURRENCY)
-                + f" (goal ≤ {' / '.join(f'{g}x' for g in json_goals)}): {judge(json[t], json_goals)}"
+                + f" (goal ≤ {' / '.join(f'{g}x' for g in json_goals)}): {judge(json_rows[t], json_goals)}"
             )
         if t in streams:
             extra = _ttfe_extra(results, t)
@@ -251,7 +251,7 @@ def _streams_per_target(results: Results) -> list[str]:
     """Per stream target, µs/event and the ratio to the floor side by side for the three kinds."""
     header = ["target", *(f"{label} c={c}" for label, c in STREAM_KINDS), f"goal ≤ {STREAM_GOAL_RATIO}x"]
     rows = []
-    for target, cells in stream_cells(results).items():
+    for target, cells in _stream_cells(results).items():
         shown = ["-" if cell is None else f"{cell[0]:.1f} µs, {_x(cell[1])}" for cell in cells]
         ratios = [cell[1] if cell else None for cell in cells]
         rows.append([target, *shown, judge(ratios, [STREAM_GOAL_RATIO] * len(ratios)) if target != FLOOR else ""])
