@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     print(f"bench: wrote {args.out}", flush=True)
+    print("bench: issue 21's goals:", flush=True)
+    for line in report.verdicts(runner.results, memory):
+        print(line, flush=True)
     return 0
 
 

@@ -28,6 +28,7 @@ STREAMS = (
     ("50 ev unpaced", 50, 0, 64),
     ("100 ev @20ms", 100, 20, 64),
 )
+SCALE_STREAM_EVENTS = 50  # the scale run's streams: unpaced, like the c=64 stream row of the main run
 SLOW_STREAMS = 1000
 SLOW_EVENTS, SLOW_PACE_MS = 20, 400  # 8 s per stream: all 1,000 are open at once for several seconds
 SLOW_RAMP_S = 2.0  # the 1,000 connections are opened over this long (a SYN burst would hit the backlog)
@@ -122,7 +123,8 @@ class MemoryResult:
 
 @dataclass
 class ScaleResult:
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # JSON, c=64
+    stream_rows: list[dict[str, Any]] = field(default_factory=list)  # SCALE_STREAM_EVENTS unpaced, c=64
     note: str = ""
 
 
@@ -367,7 +369,8 @@ class Runner:
     # -- scale ---------------------------------------------------------------------------------
 
     def scale(self, launcher: Launcher, config: dict[str, Any], repo: Path) -> ScaleResult:
-        """1 and 2 gateway processes behind HAProxy (TCP mode, round-robin), nothing pinned."""
+        """1 and 2 gateway processes behind HAProxy (TCP mode, round-robin), nothing pinned: JSON and
+        unpaced streams at c=64 for each setup."""
         result = ScaleResult()
         everything = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
         if everything:
@@ -379,19 +382,23 @@ class Runner:
         gateways = [launcher.gateway("scale-gw1", config, None, repo=repo)]
         direct = Target("gateway direct", gateways[0].port, "openai_chat", "claude-custom", gateways[0])
         self._scale_row(result, "1 process, no HAProxy", direct, gateways)
+        self._scale_stream_row(result, "1 process, no HAProxy", direct, gateways)
         for n in (1, 2):
             if len(gateways) < n:
                 gateways.append(launcher.gateway(f"scale-gw{n}", config, None, repo=repo))
             lb = launcher.haproxy([g.port for g in gateways])
             t = Target(f"HAProxy + {n}", lb.port, "openai_chat", "claude-custom", None)
-            self._scale_row(result, f"{n} process{'es' if n > 1 else ''} behind HAProxy", t, gateways, lb)
+            label = f"{n} process{'es' if n > 1 else ''} behind HAProxy"
+            self._scale_row(result, label, t, gateways, lb)
+            self._scale_stream_row(result, label, t, gateways, lb)
             launcher.stop(lb)
         for g in gateways:
             launcher.stop(g)
         self._scale_redis(result, launcher, config, repo)
-        base = next((r for r in result.rows if r["label"].startswith("1 process behind")), None)
-        for r in result.rows:
-            r["scaling"] = r["rps"] / base["rps"] if base and base["rps"] else None
+        for rows in (result.rows, result.stream_rows):
+            base = next((r for r in rows if r["label"].startswith("1 process behind")), None)
+            for r in rows:
+                r["scaling"] = r["rps"] / base["rps"] if base and base["rps"] else None
         return result
 
     def _scale_redis(self, result: ScaleResult, launcher: Launcher, config: dict[str, Any], repo: Path) -> None:
@@ -422,16 +429,24 @@ class Runner:
                 f"({with_redis['gw_cpu_ms_per_req']:.3f} vs {local['gw_cpu_ms_per_req']:.3f}; goal <= +0.1)."
             )
 
-    def _scale_row(
-        self, result: ScaleResult, label: str, t: Target, gateways: list[Proc], lb: Proc | None = None
-    ) -> None:
-        request = t.request(stream=False)
+    def _scale_measure(
+        self, t: Target, request: str, gateways: list[Proc], lb: Proc | None
+    ) -> tuple[dict[str, Any], float, float]:
+        """A warm-up, then one c=64 run: the load generator's result and the CPU seconds the gateway
+        processes (summed) and the load balancer spent on it. Nothing is pinned here and the load
+        generator shares the cores, so the gateways' own CPU is what compares across setups."""
         self.load.run(self._job(t, request, 16, self.d.warmup_s))
         cpu0 = [g.cpu() for g in gateways]
         lb0 = lb.cpu() if lb else 0.0
         res = self.load.run(self._job(t, request, 64, self.d.scale_s))
         cpu = sum(g.cpu() - c for g, c in zip(gateways, cpu0, strict=True))
         lb_cpu = (lb.cpu() - lb0) if lb else 0.0
+        return res, cpu, lb_cpu
+
+    def _scale_row(
+        self, result: ScaleResult, label: str, t: Target, gateways: list[Proc], lb: Proc | None = None
+    ) -> None:
+        res, cpu, lb_cpu = self._scale_measure(t, t.request(stream=False), gateways, lb)
         ok = res["ok"]
         result.rows.append(
             {
@@ -448,6 +463,30 @@ class Runner:
         )
         _line(
             f"  {label}: {res['rps']:.0f} req/s p50 {res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms"
+            + (f" errors {res['errors']} ({res['first_error'][:160]})" if res["errors"] else "")
+        )
+
+    def _scale_stream_row(
+        self, result: ScaleResult, label: str, t: Target, gateways: list[Proc], lb: Proc | None = None
+    ) -> None:
+        """The same setup with unpaced streams: streams/s, and the gateways' CPU per event."""
+        n = SCALE_STREAM_EVENTS
+        res, cpu, lb_cpu = self._scale_measure(t, t.request(stream=True, n=n), gateways, lb)
+        events = res["ok"] * n
+        row = {
+            "label": label,
+            "rps": res["rps"],
+            "ttfe_p50_ms": res["ttfb_p50_ms"],
+            "gw_cpu_us_per_event": cpu * 1e6 / events if events else None,
+            "gw_cores_busy": cpu / res["elapsed"] if res["elapsed"] else None,
+            "lb_cpu_us_per_event": lb_cpu * 1e6 / events if events and lb else None,
+            "errors": res["errors"],
+            "first_error": res["first_error"],
+        }
+        result.stream_rows.append(row)
+        _line(
+            f"  {label}, streams: {res['rps']:.1f} streams/s TTFE p50 {res['ttfb_p50_ms']:.2f} ms"
+            + (f" gateway cpu {row['gw_cpu_us_per_event']:.1f} us/event" if events else "")
             + (f" errors {res['errors']} ({res['first_error'][:160]})" if res["errors"] else "")
         )
 
