@@ -8,6 +8,7 @@ since any other mode would be an open proxy.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -78,6 +79,13 @@ class ConfigLoader:
                 "aiclient-mitm: listening where the command line says, not on port %d of the configuration",
                 expected.port,
             )
+        loop = type(asyncio.get_running_loop())
         for host, port, *_ in addrs:
             shown = f"[{host}]" if ":" in host else host
-            logger.info("aiclient-mitm listening on http://%s:%d", shown, port)
+            logger.info(
+                "aiclient-mitm listening on http://%s:%d (event loop: %s.%s)",
+                shown,
+                port,
+                loop.__module__.partition(".")[0],
+                loop.__name__,
+            )

@@ -260,7 +260,10 @@ class Launcher:
         config_path = gw_dir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         argv = [str(MITMDUMP), "-s", str(repo / "run.py"), "--set", f"config={config_path}", "-q", *extra_args]
-        proc, log = self._spawn(name, argv, cpus, {"HOME": str(gw_dir)}, gw_dir)
+        env = {"HOME": str(gw_dir)}
+        if loop := os.environ.get("AICLIENT_MITM_EVENT_LOOP"):  # `asyncio`: bench without uvloop
+            env["AICLIENT_MITM_EVENT_LOOP"] = loop
+        proc, log = self._spawn(name, argv, cpus, env, gw_dir)
         p = Proc(name, proc, log, port)
         self.procs.append(p)
         wait_port(port, proc, log)

@@ -15,6 +15,7 @@ that instant) and again by ConfigLoader.running.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import sys
@@ -53,9 +54,32 @@ def needs_reexec(options) -> bool:
     return (tuple(options.mode), options.listen_host, options.listen_port) == DEFAULT_LISTENER
 
 
+# AICLIENT_MITM_EVENT_LOOP=asyncio keeps asyncio's own event loop (default: uvloop).
+EVENT_LOOP_ENV = "AICLIENT_MITM_EVENT_LOOP"
+# Runs the mitmproxy entry script given next on uvloop's event loop (see reexec_argv).
+UVLOOP_BOOT = (
+    "import asyncio, runpy, sys, uvloop; "
+    "asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+    "sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def reexec_argv(orig_argv: Sequence[str], flags: Sequence[str]) -> list[str]:
     """The same command line plus the listener flags (options may follow mitmdump's positional
-    filter expression, so appending is safe)."""
+    filter expression, so appending is safe), run on uvloop's event loop when the command is
+    `python ENTRY-SCRIPT ...` (how the mitmdump/mitmweb launchers run) and uvloop is installed.
+
+    Why uvloop: every relayed event is a socket read, a write and a loop turn, and on asyncio's own
+    loop those are most of a stream's CPU (bench/README.md); uvloop does them in C. mitmproxy creates
+    its loop in `asyncio.run` before it loads scripts, so the choice can only be made here."""
+    if (
+        os.environ.get(EVENT_LOOP_ENV, "uvloop") == "uvloop"
+        and len(orig_argv) > 1
+        and Path(orig_argv[1]).is_file()
+        and importlib.util.find_spec("uvloop") is not None
+    ):
+        return [orig_argv[0], "-c", UVLOOP_BOOT, *orig_argv[1:], *flags]
     return [*orig_argv, *flags]
 
 

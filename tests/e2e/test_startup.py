@@ -64,10 +64,15 @@ def listening(pid: int) -> set[tuple[str, int]]:
     return found
 
 
-def start(argv: list[str], workdir: Path, until_port: int, timeout: float = 90) -> tuple[subprocess.Popen, set]:
+def start(
+    argv: list[str], workdir: Path, until_port: int, timeout: float = 90, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, set]:
     """Starts the command and records every listening socket it ever had until `until_port` answers."""
     log = open(workdir / "out.log", "wb")  # closed with the process
-    proc = subprocess.Popen(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AICLIENT_")} | (env or {})
+    proc = subprocess.Popen(
+        argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env
+    )
     seen: set[tuple[str, int]] = set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -141,6 +146,34 @@ def test_mitmdump_listens_only_on_the_configured_address(tmp_path, config):
         log = (tmp_path / "out.log").read_text()
         assert f"aiclient-mitm listening on http://127.0.0.1:{port}" in log
         assert "*:8080" not in log and "HTTP(S) proxy listening" not in log
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize(
+    ("setting", "loop"),
+    [(None, "uvloop.Loop"), ("asyncio", "asyncio._UnixSelectorEventLoop")],
+    ids=["default", "asyncio"],
+)
+def test_the_gateway_runs_on_uvloop_unless_told_otherwise(tmp_path, config, setting, loop):
+    """The re-exec that sets the listener also picks the event loop (core/launch.py); the same
+    command line, answering the same way on either."""
+    path, port = config
+    env = {"AICLIENT_MITM_EVENT_LOOP": setting} if setting else None
+    argv = [str(BIN / "mitmdump"), "-s", str(REPO / "run.py"), "--set", f"config={path}"]
+    proc, _ = start(argv, tmp_path, port, env=env)
+    try:
+        assert (
+            f"aiclient-mitm listening on http://127.0.0.1:{port} (event loop: {loop})"
+            in (tmp_path / "out.log").read_text()
+        )
+        r = httpx2.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            headers={"authorization": f"Bearer {KEY}"},
+            json={"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+            timeout=10,
+        )
+        assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]"), r.text
     finally:
         stop(proc)
 
