@@ -531,7 +531,8 @@ async def _send(job: RelayJob, loopback: asyncio.StreamWriter, data: bytes, now:
             raise ConnectionResetError("the client's connection is closed")
         writer.write(_chunk(data))
         job.direct_bytes += len(data)
-        await writer.drain()
+        if writer.transport.get_write_buffer_size():  # the socket took less than all: wait for it
+            await writer.drain()
         return
     job.loopback_bytes += len(data)
     job.loopback_at = now
