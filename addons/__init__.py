@@ -12,6 +12,7 @@ from addons.demo import Demo
 from addons.dropped_tools import DroppedTools
 from addons.flow_inspect import Inspect
 from addons.google_api import RemoteCountTokens
+from addons.hook_dispatch import FastHookDispatch
 from addons.key_policy import KeyPolicy
 from addons.kiro_view import KiroView
 from addons.lean import Lean
@@ -38,6 +39,7 @@ def chain() -> list[object]:
     metrics = Metrics(gateway)
     inspect = Inspect(gateway)
     return [
+        FastHookDispatch(),
         Lean(),
         ConfigLoader(gateway),
         ClientLimits(gateway),
