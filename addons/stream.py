@@ -304,11 +304,10 @@ class DirectClient:
 
     writer: asyncio.StreamWriter
     counter: ChunkCounter
-
-
-# mitmproxy's inactivity watchdog (10 minutes in 12.3.1) only sees chunks that pass through it: a
-# direct stream sends one through mitmproxy at least this often.
-_LOOPBACK_EVERY = 60.0
+    # mitmproxy closes a client connection that saw no event for `tcp_timeout` seconds (ClientLimits
+    # sets it from limits.*), and bytes written here are no event to it: a chunk goes through
+    # mitmproxy at least this often (a third of tcp_timeout), so a long healthy stream stays open.
+    loopback_every: float
 
 
 def client_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
@@ -420,13 +419,13 @@ class LoopbackRelay:
             job.client_gone = True
             job.upstream.close()
 
-    def attach_client(self, token: str, writer: asyncio.StreamWriter | None) -> ChunkCounter:
+    def attach_client(self, token: str, writer: asyncio.StreamWriter | None, tcp_timeout: float) -> ChunkCounter:
         """mitmproxy is about to send the head of the job's response (responseheaders): the stream
         callable it should use, and the client's writer the relay may take over (None: it may not)."""
         counter = ChunkCounter()
         job = self._active.get(token) or self._jobs.get(token)
         if job is not None and writer is not None:
-            job.client = DirectClient(writer, counter)
+            job.client = DirectClient(writer, counter, loopback_every=max(0.1, tcp_timeout / 3))
         return counter
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -524,7 +523,7 @@ async def _send(job: RelayJob, loopback: asyncio.StreamWriter, data: bytes, now:
     if (
         client is not None
         and 0 < client.counter.passed == job.loopback_bytes
-        and now - job.loopback_at < _LOOPBACK_EVERY
+        and now - job.loopback_at < client.loopback_every
     ):
         writer = client.writer
         if writer.is_closing():

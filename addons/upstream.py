@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 import httpx2
-from mitmproxy import http
+from mitmproxy import ctx, http
 from tenacity import wait_exponential_jitter
 
 from addons import replies
@@ -615,7 +615,10 @@ class Upstream:
         self, flow: http.HTTPFlow, route: Route, exchange: Exchange, upstream: StreamResponse
     ) -> None:
         """The upstream stream started: give it to the loopback relay and re-target the flow there.
-        The flow keeps the upstream's host, path and body (credentials masked) for mitmweb."""
+        The flow keeps the upstream's host, path and headers (credentials masked) for mitmweb. Not
+        its body: the relay needs none, and a prompt of hundreds of KB would be copied over the
+        loopback and held by every open stream's flow (the Inspect addon keeps the upstream
+        request, body included, for the inspector's Upstream view)."""
         up = exchange.request
         assert up is not None
         port = await self._relay.start()
@@ -639,10 +642,14 @@ class Upstream:
         req.path = url.path + (f"?{url.query}" if url.query else "")
         req.method = "POST"
         fields = [(b"host", url.netloc.rpartition("@")[2].encode())]
-        fields += [(k.encode(), mask_header(k, v).encode()) for k, v in up.headers.items()]
-        fields.append((RELAY_HEADER.encode(), token.encode()))
+        fields += [
+            (k.encode(), mask_header(k, v).encode())
+            for k, v in up.headers.items()
+            if k.lower() not in ("host", "content-length", "transfer-encoding")
+        ]
+        fields += [(RELAY_HEADER.encode(), token.encode()), (b"content-length", b"0")]
         req.headers = http.Headers(fields)
-        req.content = up.body
+        req.content = b""
         exchange.relay_token = token
         exchange.relayed = True
 
@@ -682,7 +689,7 @@ class Upstream:
             if token is None:
                 flow.response.stream = True
             else:
-                flow.response.stream = self._relay.attach_client(token, client_writer(flow))
+                flow.response.stream = self._relay.attach_client(token, client_writer(flow), ctx.options.tcp_timeout)
 
     def _stream_headers(self, route: Route) -> dict[str, str]:
         json_mode = route.dialect == "gemini" and route.gemini_mode == "json"

@@ -10,9 +10,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
-from tests.conftest import CLIENT_KEY, Fakes, api_key_providers
+from tests.conftest import CLIENT_KEY, OPENAI_KEY, Fakes, api_key_providers
+from tests.fakes import brain
+from tests.fakes.openai_chat import FakeOpenAIChat
 from tests.gateway import GatewayProcess, start_gateway
 from tests.rawhttp import address, exchange, request_bytes
 
@@ -180,3 +183,35 @@ def test_slow_reader_of_a_stream_gets_all_of_it(slow_gateway: GatewayProcess) ->
             time.sleep(0.01)
     assert received.startswith(b"HTTP/1.1 200")
     assert b"data: [DONE]" in received
+
+
+def test_a_stream_longer_than_tcp_timeout_is_not_cut_while_events_flow(tmp_path: Path) -> None:
+    """The relay writes most of a stream straight to the client's socket (addons/stream.py
+    DirectClient), which mitmproxy's inactivity watchdog (tcp_timeout, here 2 s) does not see: a
+    chunk still goes through mitmproxy every third of tcp_timeout, so a stream that keeps sending
+    for three times as long arrives whole."""
+    slow = FakeOpenAIChat(api_key=OPENAI_KEY, write_delay=0.1).start()  # ~60 events: ~6 s
+    gw = start_gateway(
+        tmp_path,
+        {
+            "api_keys": [CLIENT_KEY],
+            "default_provider": "openai-custom",
+            "providers": {
+                "openai-custom": {"base_url": f"{slow.url}/v1", "accounts": [{"label": "oa", "api_key": OPENAI_KEY}]}
+            },
+            "limits": {"header_timeout": 1, "body_timeout": 1, "idle_timeout": 1, "write_timeout": 1.5},
+        },
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=30)
+        started = time.monotonic()
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "long please"}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        took = time.monotonic() - started
+    finally:
+        gw.stop()
+        slow.stop()
+    assert text == brain.LONG_TEXT
+    assert took > 3 * 2, f"the stream took {took:.1f} s: not long enough to outlive tcp_timeout"
