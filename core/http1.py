@@ -1,5 +1,4 @@
-"""A small pooled HTTP/1.1 client (asyncio streams + h11) for the upstream requests, unary and
-streamed.
+"""A small pooled HTTP/1.1 client (asyncio streams) for the upstream requests, unary and streamed.
 
 Outbound proxies (`proxy:` in config): http:// and https:// proxies get an HTTP CONNECT tunnel
 (TLS to the upstream then runs inside it; asyncio does TLS-in-TLS for https proxies), socks5://
@@ -9,7 +8,14 @@ Why not httpx on this path: one httpx request costs more CPU than mitmproxy's wh
 (bench/README.md): its connection pool looks at every pooled connection on every request, and
 its cookie jar, auth/redirect layers and trace logging run each time. An upstream call needs
 none of it: one POST with a JSON body, keep-alive, TLS with the CA bundle httpx would use, no
-redirects, no cookies. h11 (already pinned for mitmproxy) does the parsing.
+redirects, no cookies.
+
+Why not h11 either (it did this until issue 21): its state machine cost about 10% of the gateway's
+CPU per JSON request and 12% per event of a stream (bench/README.md), for a client that sends one
+kind of request. The codec here is that one request (header names and values checked: no CR, LF
+or NUL can reach the wire) and a strict reader of the answer: status line, header fields (no
+obs-fold, token names), Content-Length / chunked / close-delimited framing as RFC 9112 says,
+1xx skipped, heads over 64 KB refused; tests/vectors/http1 holds its golden cases.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import select
 import ssl
 import urllib.parse
@@ -25,7 +32,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import certifi
-import h11
 from python_socks.async_.asyncio import Proxy as SocksProxy
 
 MAX_BODY = 64 * 1024 * 1024
@@ -79,15 +85,15 @@ class Response:
 
 
 class _Conn:
-    __slots__ = ("h11", "reader", "writer")
+    __slots__ = ("busy", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.busy = False  # an exchange is under way (a pooled connection never is)
 
     def usable(self) -> bool:
-        if self.reader.at_eof() or self.writer.is_closing() or self.h11.our_state is not h11.IDLE:
+        if self.reader.at_eof() or self.writer.is_closing() or self.busy:
             return False
         # The server may have closed it (FIN) before the event loop noticed: an idle connection with
         # anything to read is closed or broken, so it is not reused.
@@ -127,11 +133,12 @@ class Http1Client:
         # taken one is a failure of this request (the caller fails over, as with any other).
         conn = self._take(key) or await self._connect(key, connect_timeout)
         try:
-            response = await self._exchange(conn, request, body, read_timeout)
+            head, rest = await self._head(conn, request, read_timeout)
+            response, reusable = await self._rest(conn, head, rest, read_timeout)
         except BaseException:
             conn.close()
             raise
-        self._give_back(key, conn)
+        self._give_back(key, conn, reusable)
         return response
 
     async def stream(
@@ -149,15 +156,15 @@ class Http1Client:
         key, request = _request(url, headers, body, proxy)
         conn = self._take(key) or await self._connect(key, connect_timeout)
         try:
-            head = await self._head(conn, request, body, read_timeout)
+            head, rest = await self._head(conn, request, read_timeout)
             if not 200 <= head.status_code < 300:
-                response = await self._rest(conn, head, read_timeout)
-                self._give_back(key, conn)
+                response, reusable = await self._rest(conn, head, rest, read_timeout)
+                self._give_back(key, conn, reusable)
                 return response
         except BaseException:
             conn.close()
             raise
-        return StreamResponse(head.status_code, head.headers, self, key, conn)
+        return StreamResponse(head, rest, self, key, conn)
 
     async def aclose(self) -> None:
         for pool in self._idle.values():
@@ -174,18 +181,11 @@ class Http1Client:
             conn.close()
         return None
 
-    def _give_back(self, key: _Key, conn: _Conn) -> None:
-        c = conn.h11
-        if c.our_state is h11.DONE and c.their_state is h11.DONE:
-            c.start_next_cycle()
-            self._pool(key, conn)
-        else:
-            conn.close()
-
-    def _pool(self, key: _Key, conn: _Conn) -> None:
-        """Keeps an idle connection (its h11 state IDLE) for the next request, if there is room."""
+    def _give_back(self, key: _Key, conn: _Conn, reusable: bool) -> None:
+        """Keeps a connection whose exchange ended cleanly for the next request, if there is room."""
+        conn.busy = False
         pool = self._idle.setdefault(key, deque())
-        if len(pool) < self.max_idle_per_host:
+        if reusable and len(pool) < self.max_idle_per_host:
             pool.append(conn)
         else:
             conn.close()
@@ -244,52 +244,51 @@ class Http1Client:
             raise
         return reader, writer
 
-    async def _exchange(self, conn: _Conn, request: h11.Request, body: bytes, timeout: float) -> Response:
-        return await self._rest(conn, await self._head(conn, request, body, timeout), timeout)
-
-    async def _head(self, conn: _Conn, request: h11.Request, body: bytes, timeout: float) -> Response:
-        """Sends the request and reads up to the final response head (content still empty)."""
-        c = conn.h11
+    async def _head(self, conn: _Conn, request: bytes, timeout: float) -> tuple[ResponseHead, bytes]:
+        """Sends the request and reads up to the final response head: the head, and the bytes
+        after it (the start of the body)."""
+        conn.busy = True
+        data = b""
         with _reading(timeout):
-            conn.writer.write(c.send(request) + c.send(h11.Data(data=body)) + c.send(h11.EndOfMessage()))
+            conn.writer.write(request)
             await conn.writer.drain()
             while True:
-                event = c.next_event()
-                if event is h11.NEED_DATA:
-                    async with asyncio.timeout(timeout):
-                        data = await conn.reader.read(_READ)
-                    c.receive_data(data)
-                elif type(event) is h11.Response:
-                    headers: dict[str, str] = {}
-                    for name, value in event.headers:
-                        k, v = name.decode("latin-1"), value.decode("latin-1")
-                        headers[k] = f"{headers[k]}, {v}" if k in headers else v
-                    return Response(event.status_code, headers, b"")
-                elif type(event) is h11.ConnectionClosed:
+                end = _HEAD_END.search(data)
+                if end is not None:
+                    head = parse_response_head(data[: end.start()])
+                    data = data[end.end() :]
+                    if head.status_code >= 200:
+                        return head, data
+                    continue  # 1xx: the final head follows
+                if len(data) > MAX_HEAD:
+                    raise RemoteProtocolError(f"response head larger than {MAX_HEAD} bytes")
+                async with asyncio.timeout(timeout):
+                    more = await conn.reader.read(_READ)
+                if not more:
                     raise RemoteProtocolError("the server closed the connection before answering")
-                # InformationalResponse (1xx): wait for the final one
+                data += more
 
-    async def _rest(self, conn: _Conn, head: Response, timeout: float) -> Response:
-        """Reads the body after `_head`, whole."""
-        c = conn.h11
+    async def _rest(self, conn: _Conn, head: ResponseHead, data: bytes, timeout: float) -> tuple[Response, bool]:
+        """Reads the body after `_head`, whole: the response, and whether the connection may be reused."""
+        body = head.body()
         chunks: list[bytes] = []
         size = 0
         with _reading(timeout):
             while True:
-                event = c.next_event()
-                if event is h11.NEED_DATA:
-                    async with asyncio.timeout(timeout):
-                        data = await conn.reader.read(_READ)
-                    c.receive_data(data)
-                elif type(event) is h11.Data:
-                    size += len(event.data)
+                if data:
+                    piece = body.feed(data)
+                    size += len(piece)
                     if size > MAX_BODY:
                         raise RemoteProtocolError(f"response body larger than {MAX_BODY} bytes")
-                    chunks.append(bytes(event.data))
-                elif type(event) is h11.EndOfMessage:
-                    head.content = b"".join(chunks)
-                    return head
-                elif type(event) is h11.ConnectionClosed:
+                    chunks.append(piece)
+                if body.done:
+                    response = Response(head.status_code, head.headers, b"".join(chunks))
+                    return response, body.reusable and head.keep_alive
+                async with asyncio.timeout(timeout):
+                    data = await conn.reader.read(_READ)
+                if not data:
+                    if body.until_close:
+                        return Response(head.status_code, head.headers, b"".join(chunks)), False
                     raise RemoteProtocolError("the server closed the connection before the end of the response")
 
 
@@ -302,8 +301,75 @@ def _reading(timeout: float) -> Iterator[None]:
         raise ReadTimeout(f"no data for {timeout:g} s") from None
     except ConnectionError as e:
         raise RemoteProtocolError(f"connection lost: {e}") from None
-    except h11.ProtocolError as e:
+    except (BadResponseHead, BodyFraming) as e:
         raise RemoteProtocolError(f"malformed response: {e}") from None
+
+
+# -- the wire format -------------------------------------------------------------------------------
+
+MAX_HEAD = 64 * 1024
+# The empty line that ends a head (CRLF, or a bare LF as h11 and browsers accept).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_TOKEN_BYTES = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?:[ \t]([^\r\n]*))?")
+# What may not appear in a header value we send (it would end the field or the head).
+_UNSAFE_VALUE = re.compile(r"[\x00\r\n]")
+
+
+class BadResponseHead(Exception):
+    """The upstream's status line or header fields are not HTTP/1.1."""
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status_code: int
+    headers: dict[str, str]  # lower-case names; repeated fields joined with ", "
+    keep_alive: bool  # HTTP/1.1 without `connection: close`
+    chunked: bool
+    length: int | None  # Content-Length; None: chunked or close-delimited
+
+    def body(self) -> StreamedBody:
+        """The body's decoder, framed as RFC 9112 section 6.3 says for the answer to a POST."""
+        if self.status_code in (204, 304):
+            return StreamedBody(False, 0)
+        return StreamedBody(self.chunked, self.length)
+
+
+def parse_response_head(block: bytes) -> ResponseHead:
+    """A response head (status line and fields, without the empty line). Raises BadResponseHead."""
+    lines = block.split(b"\n")
+    status = _STATUS_LINE.fullmatch(lines[0].rstrip(b"\r"))
+    if status is None:
+        raise BadResponseHead(f"bad status line {lines[0][:60]!r}")
+    headers: dict[str, str] = {}
+    for raw in lines[1:]:
+        line = raw.rstrip(b"\r")
+        if line[:1] in (b" ", b"\t"):
+            raise BadResponseHead("obsolete line folding in a header field")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN_BYTES.fullmatch(name):
+            raise BadResponseHead(f"bad header line {line[:60]!r}")
+        value = value.strip(b" \t")
+        if b"\x00" in value or b"\r" in value:
+            raise BadResponseHead(f"bad value of header {name[:40]!r}")
+        k = name.decode("ascii").lower()
+        v = value.decode("latin-1")
+        headers[k] = f"{headers[k]}, {v}" if k in headers else v
+    version, code = status.group(1), int(status.group(2))
+    coding = headers.get("transfer-encoding")
+    length: int | None = None
+    if coding is not None:
+        if coding.strip().lower() != "chunked":
+            raise BadResponseHead(f"unsupported transfer-encoding {coding[:40]!r}")
+    elif "content-length" in headers:
+        values = {v.strip() for v in headers["content-length"].split(",")}
+        if len(values) != 1 or not (only := values.pop()).isdigit() or len(only) > 19:
+            raise BadResponseHead(f"bad content-length {headers['content-length'][:40]!r}")
+        length = int(only)
+    connection = headers.get("connection", "").lower()
+    keep_alive = version == b"1" and "close" not in {t.strip() for t in connection.split(",")}
+    return ResponseHead(code, headers, keep_alive, coding is not None, length)
 
 
 class BodyFraming(Exception):
@@ -319,11 +385,9 @@ class StreamedBody:
     """Decodes a streamed response body as it arrives: chunked (RFC 9112 section 7.1), Content-Length
     or close-delimited.
 
-    Ours, not h11's, on the streaming path: h11's `Connection.next_event` costs about 12% of the
-    gateway's CPU on a paced stream (two calls per read, its state machine run each time; bench/README.md),
-    while this is a few slices per read. h11 still parses every response head, and every body read whole.
-    `feed()` returns all the payload in the bytes given (one write downstream per read); `done` is set at
-    the body's end, `reusable` when nothing followed it."""
+    A few slices per read (see the module's docstring for why not h11); used for every body, read
+    whole or streamed. `feed()` returns all the payload in the bytes given (one write downstream per
+    read); `done` is set at the body's end, `reusable` when nothing followed it."""
 
     __slots__ = ("_buf", "_chunked", "_left", "_state", "done", "reusable", "until_close")
 
@@ -425,6 +489,7 @@ class StreamResponse:
         "_deadline",
         "_error",
         "_expired",
+        "_keep_alive",
         "_key",
         "_pending",
         "_reader_task",
@@ -433,9 +498,10 @@ class StreamResponse:
         "status_code",
     )
 
-    def __init__(self, status_code: int, headers: dict[str, str], client: Http1Client, key: _Key, conn: _Conn) -> None:
-        self.status_code = status_code
-        self.headers = headers
+    def __init__(self, head: ResponseHead, rest: bytes, client: Http1Client, key: _Key, conn: _Conn) -> None:
+        self.status_code = head.status_code
+        self.headers = head.headers
+        self._keep_alive = head.keep_alive
         self._client = client
         self._key = key
         self._conn: _Conn | None = conn
@@ -445,15 +511,9 @@ class StreamResponse:
         self._timer: asyncio.TimerHandle | None = None
         self._reader_task: asyncio.Task | None = None
         self._expired = False
-        # h11 parsed the head; the body bytes it already received are decoded here.
-        self._pending, _closed = conn.h11.trailing_data
-        # The framing h11 chose for this head (it already refused a bad Content-Length or coding).
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        length = headers.get("content-length")
-        if status_code in (204, 304):
-            self._body = StreamedBody(False, 0)
-        else:
-            self._body = StreamedBody(chunked, None if chunked or length is None else int(length))
+        # The body bytes that came with the head are decoded first.
+        self._pending = rest
+        self._body = head.body()
 
     async def read(self, timeout: float) -> bytes:
         """The body bytes that arrived since the last call (everything received, joined: one write
@@ -533,23 +593,12 @@ class StreamResponse:
 
     def _end(self, conn: _Conn) -> None:
         """The body ended: the connection goes back to the pool if nothing followed the body and the
-        exchange allows keep-alive (what h11 would decide), else it is closed."""
+        exchange allows keep-alive, else it is closed."""
         self._conn = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        c = conn.h11
-        keep = (
-            self._body.reusable
-            and c.our_state is h11.DONE
-            and c.their_http_version == b"1.1"
-            and "close" not in self.headers.get("connection", "").lower()
-        )
-        if not keep:
-            conn.close()
-            return
-        conn.h11 = h11.Connection(h11.CLIENT)
-        self._client._pool(self._key, conn)
+        self._client._give_back(self._key, conn, self._body.reusable and self._keep_alive)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -560,12 +609,27 @@ class StreamResponse:
             self._conn = None
 
 
-def _request(url: str, headers: dict[str, str], body: bytes, proxy: str | None) -> tuple[_Key, h11.Request]:
+def _request(url: str, headers: dict[str, str], body: bytes, proxy: str | None) -> tuple[_Key, bytes]:
+    """The pool key and the whole POST as bytes. A header that could not be sent as it is (a name
+    that is not a token, a CR, LF or NUL in a value, a character outside Latin-1) fails the request
+    here, naming the header but never its value."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConnectError(f"unsupported URL {parts.scheme}://{parts.hostname or ''}")
     key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), proxy or "")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    fields = [("host", parts.netloc.rpartition("@")[2]), ("content-length", str(len(body)))]
-    fields += [(k, v) for k, v in headers.items() if k.lower() not in ("host", "content-length")]
-    return key, h11.Request(method="POST", target=target, headers=fields)
+    if any(c in target for c in " \t\r\n\x00"):
+        raise ConnectError("the upstream URL's path has whitespace or control characters")
+    lines = [f"POST {target} HTTP/1.1", f"host: {parts.netloc.rpartition('@')[2]}", f"content-length: {len(body)}"]
+    for name, value in headers.items():
+        if name.lower() in ("host", "content-length"):
+            continue
+        if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):
+            raise ConnectError(f"header {name[:40]!r} cannot be sent to the upstream as it is")
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    try:
+        head = "\r\n".join(lines).encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConnectError("a header of the upstream request is not Latin-1 text") from None
+    return key, head + body
