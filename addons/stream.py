@@ -462,14 +462,20 @@ class LoopbackRelay:
         transcoder = job.transcoder
         upstream = job.upstream
         loop = asyncio.get_running_loop()
-        head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in job.headers.items())
-        writer.write(head.encode("latin-1") + b"transfer-encoding: chunked\r\n\r\n")
+        fields = "".join(f"{k}: {v}\r\n" for k, v in job.headers.items())
+        head = f"HTTP/1.1 200 OK\r\n{fields}transfer-encoding: chunked\r\n\r\n".encode("latin-1")
         read_timeout = job.read_timeout
         keepalive = job.keepalive if 0 < job.keepalive < read_timeout else read_timeout
         last = loop.time()
         reason: str | None = None
         try:
-            await writer.drain()
+            if not upstream.body_received():
+                # Nothing to send with the head yet: it goes out now. Otherwise it goes out with the
+                # first events, in one write (mitmproxy then reads both at once: a loop turn less
+                # before the client's first event).
+                writer.write(head)
+                head = b""
+                await writer.drain()
             while True:
                 try:
                     data = await upstream.read(min(keepalive, max(0.001, last + read_timeout - loop.time())))
@@ -478,6 +484,9 @@ class LoopbackRelay:
                         reason = f"the upstream sent nothing for {read_timeout:g} s (read_timeout)"
                         out = transcoder.fail(reason)
                         break
+                    if head:
+                        writer.write(head)
+                        head = b""
                     await _send(job, writer, job.keepalive_bytes, loop.time())
                     continue
                 except HttpError as e:
@@ -489,13 +498,19 @@ class LoopbackRelay:
                     break
                 last = loop.time()
                 out = transcoder.feed(data)
-                if out:
+                if head:
+                    job.loopback_bytes += len(out)
+                    job.loopback_at = last
+                    writer.write(head + (_chunk(out) if out else b""))
+                    head = b""
+                    await writer.drain()
+                elif out:
                     await _send(job, writer, out, last)
             # The last bytes and the end of the body go through mitmproxy in one write: it ends the
             # flow (and keeps the connection) before a client that stops reading at the last event
             # (an SDK raising on the error event) can close its side.
             job.loopback_bytes += len(out)
-            writer.write((_chunk(out) if out else b"") + b"0\r\n\r\n")
+            writer.write(head + (_chunk(out) if out else b"") + b"0\r\n\r\n")
             await writer.drain()
         except (ConnectionError, RuntimeError):
             # mitmproxy closed the loopback connection: the client went away.

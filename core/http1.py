@@ -515,6 +515,10 @@ class StreamResponse:
         self._pending = rest
         self._body = head.body()
 
+    def body_received(self) -> bool:
+        """Whether body bytes came with the head (the next read returns without waiting for the network)."""
+        return bool(self._pending)
+
     async def read(self, timeout: float) -> bytes:
         """The body bytes that arrived since the last call (everything received, joined: one write
         downstream per read instead of one per upstream chunk), b"" at the clean end. Waits only when
