@@ -48,4 +48,3 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("keys", help="client keys: add, list, revoke, rotate (see: python -m auth keys --help)")
     args = parser.parse_args(argv)
     return print_status(args.config)
-

@@ -466,4 +466,3 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--no-dedupe", action="store_true", help="keep repeated conversations and prefixes")
     args = parser.parse_args(argv)
     return _export_main(args)
-

@@ -110,7 +110,6 @@ class _Details:
         return any(n in q for q in self.quota_ids for n in needles)
 
 
-
 class GeminiCli:
     id = "gemini-cli-oauth"
     dialect = "gemini"

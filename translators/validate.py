@@ -98,9 +98,7 @@ def load_object(body: bytes, max_depth: int) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise InvalidBody(f"request body is not valid UTF-8 (byte {e.start})") from None
     try:
-        value = json.loads(
-            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
-        )
+        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except InvalidBody:
         raise
     except (ValueError, RecursionError) as e:

@@ -127,9 +127,7 @@ def test_login_cooling_and_reset(gw: GatewayProcess, fakes: Fakes, page):
     page.click("#login button")
     row = state_of(page, "openai-custom/oa")
     playwright_api.expect(row).to_have_attribute("data-state", "ready")
-    playwright_api.expect(state_of(page, "openai-qwen-oauth/not-logged-in")).to_have_attribute(
-        "data-state", "unusable"
-    )
+    playwright_api.expect(state_of(page, "openai-qwen-oauth/not-logged-in")).to_have_attribute("data-state", "unusable")
     # The subscription usage window Codex reports with every answer.
     window = state_of(page, "openai-codex-oauth/plus").locator('[data-window="primary"]')
     playwright_api.expect(window).to_have_text(re.compile(r"^primary \(5 h\): 42 % used, resets in (59 min|1 h)"))

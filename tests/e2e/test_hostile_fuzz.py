@@ -47,9 +47,7 @@ SEEDS: dict[str, dict[str, Any]] = {
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "get", "arguments": '{"a": 1}'}}
-                ],
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get", "arguments": '{"a": 1}'}}],
             },
             {"role": "tool", "tool_call_id": "c1", "content": "42"},
         ],

@@ -17,9 +17,7 @@ class Clock:
 
 
 def pool(n: int = 3, strategy="round-robin", clock=None, unusable: dict[int, str] | None = None) -> AccountPool:
-    members = [
-        PoolAccount(f"a{i}", StaticKey("key-long-enough"), (unusable or {}).get(i)) for i in range(n)
-    ]
+    members = [PoolAccount(f"a{i}", StaticKey("key-long-enough"), (unusable or {}).get(i)) for i in range(n)]
     return AccountPool("p", members, strategy=strategy, rules=CooldownRules(), clock=clock or Clock())
 
 

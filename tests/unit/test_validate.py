@@ -45,8 +45,9 @@ def test_deeper_nesting_is_refused_before_parsing(body: bytes) -> None:
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(alphabet='ab"\\[]{}', max_size=5),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(alphabet='k"[{\\', max_size=3), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet='k"[{\\', max_size=3), inner, max_size=3)
+    ),
     max_leaves=30,
 )
 
