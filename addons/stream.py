@@ -6,7 +6,10 @@ timeout. So the Upstream addon opens the upstream stream with its own client (co
 over while no byte went out, and then re-targets the flow to `LoopbackRelay`: a small HTTP/1.1
 server inside the gateway process on 127.0.0.1, which pumps the upstream body through the stream
 translation and writes the client's stream back (chunked) for mitmproxy to relay as it comes
-(`flow.response.stream = True`). Everything after the first byte is decided here: a cut, a reset, a
+(`flow.response.stream` is a ChunkCounter). Once mitmproxy has written the head and what went through
+it, the rest of the body goes straight to the client's socket (DirectClient: the hop through
+mitmproxy cost more per event than bare mitmdump spends relaying an upstream); the end of the body
+always goes through mitmproxy. Everything after the first byte is decided here: a cut, a reset, a
 read timeout end the client's stream with its dialect's error event and a clean end of the body,
 and silences get the dialect's keep-alive.
 
