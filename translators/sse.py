@@ -8,6 +8,8 @@ each complete event is decoded once. Handles CRLF/CR/LF, comments, multi-line `d
 from __future__ import annotations
 
 import json
+import json.encoder
+from collections.abc import Callable
 from typing import Any
 
 
@@ -79,6 +81,11 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 def dumps(obj: Any) -> str:
     """Compact JSON with non-ASCII kept as is (what the real APIs send)."""
     return _ENCODER.encode(obj)
+
+
+# A JSON string literal exactly as `dumps` writes one inside any value (json's own C escaper, the
+# one JSONEncoder uses with ensure_ascii=False): for the encoders' per-token templates.
+encode_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def data_event(obj: Any) -> str:

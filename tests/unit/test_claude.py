@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from translators import ir
 from translators.accumulate import ResponseAccumulator
 from translators.base import EncoderOptions, TranslationError
-from translators.claude import DEFAULT_MAX_TOKENS, codec, sanitize_tool_id
+from translators.claude import DEFAULT_MAX_TOKENS, ClaudeEncoder, codec, sanitize_tool_id
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "claude"
 
@@ -760,3 +760,26 @@ def test_sanitized_tool_ids_match_claude_pattern_and_stay_distinct(a: str, b: st
         assert out == a
     if a != b:
         assert sanitize_tool_id(b) != out
+
+
+# Texts a template could get wrong: quotes, backslashes, control characters, non-ASCII, lone surrogates.
+_TRICKY_TEXT = st.text(
+    alphabet=st.one_of(st.sampled_from('"\\\n\r\t\x00\x1f\u2028é日🙂'), st.characters(codec="utf-8")), max_size=40
+) | st.builds(lambda s: s + "\ud83d", st.text(max_size=5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _TRICKY_TEXT,
+    st.integers(min_value=0, max_value=40),
+    st.sampled_from(["text_delta", "thinking_delta", "input_json_delta"]),
+)
+def test_the_delta_template_writes_what_the_generic_event_writes(text, index, kind):
+    field = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}[kind]
+    encoder = ClaudeEncoder(EncoderOptions(model="m"))
+    encoder._index = index
+    generic: list[str] = []
+    templated: list[str] = []
+    encoder._delta({"type": kind, field: text}, generic)
+    encoder._text_delta(kind, field, text, templated)
+    assert templated == generic

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from translators import ir
 from translators.accumulate import ResponseAccumulator
 from translators.base import EncoderOptions, TranslationError
-from translators.openai_chat import UNDECODABLE, codec
+from translators.openai_chat import UNDECODABLE, ChatEncoder, codec
 from translators.signatures import encode_tool_call_id
 from translators.sse import dumps
 
@@ -561,3 +561,23 @@ def test_decoder_holds_text_until_open_calls_finish() -> None:
         {"_": "TextDelta", "text": "note"},
         {"_": "Finish", "reason": "tool_calls"},
     ]
+
+
+_TRICKY_TEXT = st.text(
+    alphabet=st.one_of(st.sampled_from('"\\\n\r\t\x00\x1f\u2028é日🙂'), st.characters(codec="utf-8")), max_size=40
+) | st.builds(lambda s: s + "\ud83d", st.text(max_size=5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _TRICKY_TEXT,
+    st.sampled_from(["content", "reasoning_content"]),
+    st.booleans(),
+    st.text(max_size=12),
+    st.sampled_from(["chatcmpl-1", 'id"with\\quote', "é"]),
+)
+def test_the_text_chunk_template_writes_what_the_generic_chunk_writes(text, field, include_usage, model, response_id):
+    encoder = ChatEncoder(EncoderOptions(model=model, include_usage=include_usage, response_id=response_id))
+    encoder._started = True
+    assert encoder._text_chunk(field, text) == encoder._chunk({field: text})
+    assert encoder._text_chunk(field, text[::-1]) == encoder._chunk({field: text[::-1]})  # the cached template
