@@ -116,19 +116,21 @@ class SseEventRelay:
         buf = self._buf + chunk if self._buf else chunk
         out: list[bytes] = []
         start = 0
-        while True:
-            lf = buf.find(b"\n\n", start)
-            crlf = buf.find(b"\r\n\r\n", start)
-            if lf < 0 and crlf < 0:
-                break
-            if crlf >= 0 and (lf < 0 or crlf < lf):
-                end = crlf + 4
-            else:
-                end = lf + 2
+        # Each separator is searched for again only once the last one found is behind us: a read
+        # holding many events stays one pass over the bytes (an LF-only stream has no CRLFCRLF,
+        # and searching the rest of the read for one after every event was quadratic).
+        lf = buf.find(b"\n\n")
+        crlf = buf.find(b"\r\n\r\n")
+        while lf >= 0 or crlf >= 0:
+            end = crlf + 4 if crlf >= 0 and (lf < 0 or crlf < lf) else lf + 2
             event = buf[start:end]
             if not self._empty(event):
                 out.append(event)
             start = end
+            if 0 <= lf < start:
+                lf = buf.find(b"\n\n", start)
+            if 0 <= crlf < start:
+                crlf = buf.find(b"\r\n\r\n", start)
         self._buf = buf[start:]
         return b"".join(out) if len(out) != 1 else out[0]
 
@@ -138,4 +140,6 @@ class SseEventRelay:
 
     @staticmethod
     def _empty(event: bytes) -> bool:
+        if b"data: {" in event or b"data:{" in event:
+            return False  # the usual event, a JSON object: not empty, no need to look at each line
         return all(line.rstrip(b"\r") in _EMPTY_DATA_LINES for line in event.split(b"\n"))
