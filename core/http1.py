@@ -568,9 +568,12 @@ class StreamResponse:
         fires at most once per `timeout` and is re-armed then if reads moved the deadline on; only a
         read still waiting at the deadline is cancelled (and that cancellation becomes TimeoutError)."""
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + timeout
-        if self._timer is None:
-            self._timer = loop.call_at(self._deadline, self._expire)
+        deadline = self._deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is None or deadline < timer.when():  # a shorter timeout than the armed one's
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._expire)
         task = self._reader_task = asyncio.current_task()
         try:
             return await reader.read(_READ)

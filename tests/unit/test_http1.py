@@ -281,3 +281,41 @@ def test_connect_tunnel_through_an_http_proxy_sends_its_credentials():
         await client.aclose()
 
     run(main())
+
+
+def test_stream_read_deadlines_hold_whatever_the_order_of_timeouts():
+    """One lazy timer per stream (StreamResponse._wait): after a long read that got its data early
+    (its timer still armed), a shorter read times out on its own deadline; then data still arrives."""
+    gate = asyncio.Event()
+
+    async def trickle(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"1\r\na\r\n")
+        await writer.drain()
+        await gate.wait()
+        writer.write(b"2\r\nok\r\n0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async def main():
+        client = Http1Client()
+        async with Server(trickle) as server:
+            r = await client.stream(server.url + "/s", {}, b"{}", connect_timeout=2, read_timeout=2)
+            loop = asyncio.get_running_loop()
+            assert await r.read(1.5) == b"a"  # arrives after 0.05 s: the 1.5 s timer stays armed
+            for timeout in (0.1, 0.3):
+                started = loop.time()
+                with pytest.raises(TimeoutError):
+                    await r.read(timeout)
+                took = loop.time() - started
+                assert timeout - 0.01 <= took < timeout + 0.25, (timeout, took)
+            loop.call_later(0.1, gate.set)
+            assert await r.read(1) == b"ok"
+            assert await r.read(1) == b""
+            r.close()
+        await client.aclose()
+
+    run(main())
