@@ -40,7 +40,12 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "mitmproxy addon/hook dispatch",
-        ("mitmproxy/addonmanager.py", "mitmproxy/hooks.py", "mitmproxy/proxy/mode_servers.py"),
+        (
+            "mitmproxy/addonmanager.py",
+            "mitmproxy/hooks.py",
+            "mitmproxy/proxy/mode_servers.py",
+            "addons/hook_dispatch.py",  # ours, but it is the dispatch
+        ),
     ),
     ("mitmproxy HTTP layers", ("mitmproxy/proxy/", "mitmproxy/http.py", "mitmproxy/net/", "mitmproxy/coretypes/")),
     ("our stream relay (addons/stream.py, core/http1.py)", ("addons/stream.py", "core/http1.py")),
