@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.strategies import TRICKY_TEXT
 from translators import ir
 from translators.accumulate import ResponseAccumulator
 from translators.base import EncoderOptions, TranslationError
@@ -762,15 +763,9 @@ def test_sanitized_tool_ids_match_claude_pattern_and_stay_distinct(a: str, b: st
         assert sanitize_tool_id(b) != out
 
 
-# Texts a template could get wrong: quotes, backslashes, control characters, non-ASCII, lone surrogates.
-_TRICKY_TEXT = st.text(
-    alphabet=st.one_of(st.sampled_from('"\\\n\r\t\x00\x1f\u2028é日🙂'), st.characters(codec="utf-8")), max_size=40
-) | st.builds(lambda s: s + "\ud83d", st.text(max_size=5))
-
-
 @settings(max_examples=300, deadline=None)
 @given(
-    _TRICKY_TEXT,
+    TRICKY_TEXT,
     st.integers(min_value=0, max_value=40),
     st.sampled_from(["text_delta", "thinking_delta", "input_json_delta"]),
 )

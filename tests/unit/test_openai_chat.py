@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.strategies import TRICKY_TEXT
 from translators import ir
 from translators.accumulate import ResponseAccumulator
 from translators.base import EncoderOptions, TranslationError
@@ -563,14 +564,9 @@ def test_decoder_holds_text_until_open_calls_finish() -> None:
     ]
 
 
-_TRICKY_TEXT = st.text(
-    alphabet=st.one_of(st.sampled_from('"\\\n\r\t\x00\x1f\u2028é日🙂'), st.characters(codec="utf-8")), max_size=40
-) | st.builds(lambda s: s + "\ud83d", st.text(max_size=5))
-
-
 @settings(max_examples=300, deadline=None)
 @given(
-    _TRICKY_TEXT,
+    TRICKY_TEXT,
     st.sampled_from(["content", "reasoning_content"]),
     st.booleans(),
     st.text(max_size=12),
