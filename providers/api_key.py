@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from auth.credentials import AuthContext, Credential, StaticKey
 from core.config import Account, Provider
-from providers.base import UpstreamFailure, UpstreamRequest, classify_http_error, render_with_codec
+from providers.base import (
+    UpstreamFailure,
+    UpstreamRequest,
+    classify_http_error,
+    json_body,
+    json_headers,
+    render_with_codec,
+)
 from translators import get_codec, ir
 from translators.claude import STRUCTURED_TOOL, StructuredOutputDecoder, structured_output, structured_response
 from translators.errors import extract_message
@@ -17,19 +23,6 @@ from translators.errors import extract_message
 
 def _base(provider: Provider, default: str) -> str:
     return str(provider.base_url or default).rstrip("/")
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _common_headers(stream: bool) -> dict[str, str]:
-    return {
-        "content-type": "application/json",
-        "accept": "text/event-stream" if stream else "application/json",
-        # The gateway reads the bytes; compressed bodies would have to be inflated first.
-        "accept-encoding": "identity",
-    }
 
 
 class _ApiKeyAdapter:
@@ -67,9 +60,9 @@ class _ApiKeyAdapter:
         stream: bool,
         client_headers: Mapping[str, str],
     ) -> UpstreamRequest:
-        headers = _common_headers(stream)
+        headers = json_headers(stream)
         headers.update(self.auth_headers(provider, auth.token, client_headers))
-        return UpstreamRequest(self.url(_base(provider, self.default_base_url)), headers, _encode(body))
+        return UpstreamRequest(self.url(_base(provider, self.default_base_url)), headers, json_body(body))
 
     def url(self, base: str) -> str:
         return base + self.path

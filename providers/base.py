@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,6 +14,21 @@ from core.config import Account, Provider
 from translators import get_codec, ir
 from translators.base import StreamDecoder
 from translators.thinking import limit_reasoning
+
+
+def json_body(body: dict[str, Any]) -> bytes:
+    """An upstream request body: compact JSON, non-ASCII kept as is."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_headers(stream: bool) -> dict[str, str]:
+    """The headers every JSON upstream request starts from."""
+    return {
+        "content-type": "application/json",
+        "accept": "text/event-stream" if stream else "application/json",
+        # The gateway reads the bytes; compressed bodies would have to be inflated first.
+        "accept-encoding": "identity",
+    }
 
 
 @dataclass(slots=True)

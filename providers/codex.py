@@ -23,7 +23,15 @@ from typing import Any
 from auth.codex_oauth import DEFAULT_TOKEN_URL, CodexCredential, credentials_path
 from auth.credentials import AuthContext, Credential, CredentialError
 from core.config import Account, Provider
-from providers.base import UpstreamFailure, UpstreamRequest, classify_http_error, parse_retry_after, render_with_codec
+from providers.base import (
+    UpstreamFailure,
+    UpstreamRequest,
+    classify_http_error,
+    json_body,
+    json_headers,
+    parse_retry_after,
+    render_with_codec,
+)
 from translators import ir
 from translators.errors import extract_message
 from translators.openai_responses import ResponsesDecoder
@@ -236,9 +244,7 @@ class Codex:
 
     def headers(self, auth: AuthContext, *, stream: bool = True) -> dict[str, str]:
         return {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "accept-encoding": "identity",
+            **json_headers(stream),
             "authorization": f"Bearer {auth.token}",
             "chatgpt-account-id": auth.extra.get("account_id", ""),
             "originator": ORIGINATOR,
@@ -262,7 +268,7 @@ class Codex:
         return UpstreamRequest(
             f"{self.base_url(provider)}/responses",
             headers,
-            json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode(),
+            json_body(out),
             stream_only=True,
             decoder=_codex_decoder,
         )

@@ -26,7 +26,7 @@ from auth.google_oauth import (
     read_token_file,
 )
 from core.config import Account, Provider
-from providers.base import UpstreamFailure, UpstreamRequest, parse_retry_after, render_with_codec
+from providers.base import UpstreamFailure, UpstreamRequest, json_body, parse_retry_after, render_with_codec
 from translators import ir
 from translators.errors import extract_message
 from translators.gemini import wrap_code_assist
@@ -190,7 +190,7 @@ class GeminiCli:
         envelope = wrap_code_assist(inner, model, auth.extra.get("project_id", ""))
         base = api_base(str(provider.base_url) if provider.base_url else self.default_base_url)
         url = f"{base}:streamGenerateContent?alt=sse" if stream else f"{base}:generateContent"
-        content = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+        content = json_body(envelope)
         return UpstreamRequest(url, request_headers(auth.token, model.removeprefix("models/"), stream=stream), content)
 
     def classify_error(

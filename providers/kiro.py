@@ -25,7 +25,7 @@ from typing import Any
 from auth.credentials import AuthContext, Credential, CredentialError
 from auth.kiro_oauth import KIRO_VERSION, KiroCredential, credential_store
 from core.config import Account, Provider
-from providers.base import UpstreamFailure, UpstreamRequest, parse_retry_after
+from providers.base import UpstreamFailure, UpstreamRequest, json_body, parse_retry_after
 from translators import ir
 from translators.base import TranslationError
 from translators.kiro import (
@@ -105,10 +105,6 @@ class KiroBody(dict):
         self.thinking = thinking
 
 
-def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
 def _with_profile_arn(encoded: bytes, arn: str) -> bytes:
     """Appends `profileArn` to serialised JSON without serialising the (large) body again."""
     return encoded[:-1] + b',"profileArn":' + json.dumps(arn).encode() + b"}"
@@ -181,7 +177,7 @@ class Kiro:
         kiro = render_request(request, model, profile_arn=None, conversation_id=conversation, options=settings.render)
         if kiro.dropped_tools:
             self._log_dropped(kiro.dropped_tools)
-        encoded = _encode(kiro.body)
+        encoded = json_body(kiro.body)
         if len(encoded) + _ARN_ROOM > MAX_BODY_BYTES:
             # Kiro answers an oversized body with "Improperly formed request" (upstreams.md 2.5
             # rule 12); the words below are the ones Claude Code reads as "compact now".

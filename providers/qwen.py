@@ -19,7 +19,15 @@ from typing import Any
 from auth.credentials import AuthContext, Credential, CredentialError
 from auth.qwen_oauth import DEFAULT_TOKEN_URL, QwenOAuthCredential, credentials_path, user_agent
 from core.config import Account, Provider
-from providers.base import UpstreamFailure, UpstreamRequest, classify_http_error, parse_retry_after, render_with_codec
+from providers.base import (
+    UpstreamFailure,
+    UpstreamRequest,
+    classify_http_error,
+    json_body,
+    json_headers,
+    parse_retry_after,
+    render_with_codec,
+)
 from translators import get_codec, ir
 from translators.base import StreamDecoder
 from translators.errors import extract_message
@@ -186,9 +194,7 @@ class Qwen:
             out["tools"] = [_placeholder_tool()]
         ua = options.user_agent or user_agent()
         headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if upstream_stream else "application/json",
-            "accept-encoding": "identity",
+            **json_headers(upstream_stream),
             "authorization": f"Bearer {auth.token}",
             "user-agent": ua,
             "x-dashscope-useragent": ua,
@@ -202,7 +208,7 @@ class Qwen:
         return UpstreamRequest(
             f"{self.base_url(provider, auth)}/chat/completions",
             headers,
-            json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode(),
+            json_body(out),
             stream_only=placeholder and not stream,
             decoder=_placeholder_decoder if placeholder else None,
         )
