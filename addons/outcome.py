@@ -107,7 +107,7 @@ def _read(flow: http.HTTPFlow, route: Route) -> Outcome:
         return Outcome(ERROR, resp.status_code, None, message, latency, None)
     answer = getattr(exchange, "response", None)
     if answer is None and exchange is not None:
-        answer = _parse_passthrough(route, resp)
+        answer = _parse_passthrough(route, exchange, resp)
     if answer is None:
         return Outcome(ERROR, resp.status_code, None, "the answer could not be read", latency, None)
     return Outcome(OK, resp.status_code, answer, None, latency, None)
@@ -139,10 +139,13 @@ def _streamed(flow: http.HTTPFlow, transcoder: Any, latency: int, start: float) 
     return Outcome(OK, status_code, answer, None, latency, ttft)
 
 
-def _parse_passthrough(route: Route, resp: http.Response) -> ir.Response | None:
-    """Same-dialect unary answers reach the client as the upstream's own JSON; read it only now."""
+def _parse_passthrough(route: Route, exchange: Any, resp: http.Response) -> ir.Response | None:
+    """Same-dialect unary answers reach the client as the upstream's own JSON; turned into IR only
+    now, from the object Upstream already parsed (or the body, when it parsed none)."""
+    parsed = getattr(exchange, "passthrough_json", None)
     try:
-        return get_codec(route.dialect).parse_response(json.loads(resp.content or b""))
+        body = parsed if parsed is not None else json.loads(resp.content or b"")
+        return get_codec(route.dialect).parse_response(body)
     except (ValueError, TypeError, KeyError, TranslationError) as e:
         logger.warning("aiclient-mitm: could not read the %s answer for the record: %s", route.dialect, e)
         return None

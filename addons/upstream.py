@@ -86,6 +86,9 @@ class Exchange:
     transcoder: StreamTranscoder | StreamRelay | None = None
     # The answer as IR, for unary and buffered answers (streams keep it in the transcoder).
     response: ir.Response | None = None
+    # A passthrough unary answer, parsed once when it was checked to be a JSON object; turned into
+    # IR only when a reporting addon asks (addons/outcome.py).
+    passthrough_json: dict[str, Any] | None = None
     # An error the upstream sent inside a stream that was read whole.
     stream_error: ir.StreamError | None = None
     # The upstream's wire dialect for this model (Vertex serves Gemini and Claude models).
@@ -543,8 +546,10 @@ class Upstream:
         if exchange.passthrough and not upstream_streamed:
             # Relayed as it came, but only if it is what it claims to be: a JSON object (anything
             # else -- an HTML page, a cut body -- is the upstream's failure, not a 200).
-            if not isinstance(json.loads(content), dict):
+            answer = json.loads(content)
+            if not isinstance(answer, dict):
                 raise ValueError("the answer is not a JSON object")
+            exchange.passthrough_json = answer
             return http.Response.make(
                 200, content, {"content-type": content_type or "application/json", **replies.CORS_HEADERS}
             )
