@@ -773,7 +773,9 @@ class ChatEncoder(SafeEncoder):
         if self._template is None:
             marker = "\x00"
             whole = self._chunk({"content": marker})
-            head, _, tail = whole.partition(dumps(marker))
+            # The last occurrence: the id and the model come before the delta and may hold the
+            # marker too (hypothesis found a model named "\x00"); nothing after it is a string.
+            head, _, tail = whole.rpartition(dumps(marker))
             self._template = (head.removesuffix('"content":'), tail)
         head, tail = self._template
         return f'{head}"{field}":{encode_string(text)}{tail}'

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.strategies import TRICKY_TEXT
@@ -572,6 +572,7 @@ def test_decoder_holds_text_until_open_calls_finish() -> None:
     st.text(max_size=12),
     st.sampled_from(["chatcmpl-1", 'id"with\\quote', "é"]),
 )
+@example("", "content", False, "\x00", "chatcmpl-1")  # a model holding the template's own marker
 def test_the_text_chunk_template_writes_what_the_generic_chunk_writes(text, field, include_usage, model, response_id):
     encoder = ChatEncoder(EncoderOptions(model=model, include_usage=include_usage, response_id=response_id))
     encoder._started = True
